@@ -1,0 +1,41 @@
+# `make demo`: set up a virtual environment and mine triples from the shared SciFact sample.
+# `make test`: set up the same environment and run the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data
+OUT ?= out/scifact
+WORK ?= work
+export HF_HUB_OFFLINE := 1
+export TRIPLEMINER_DATA := $(abspath $(DATA))
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned, so that pip takes the CPU build and never pulls a CUDA one.
+$(VENV)/.installed: setup.py requirements.txt requirements-train.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/tripleminer mine \
+	  --corpus $(DATA)/scifact/corpus.jsonl \
+	  --queries $(DATA)/scifact/queries.jsonl \
+	  --qrels $(DATA)/scifact/qrels/train.tsv \
+	  --query_log $(DATA)/scifact/query_log.train.jsonl \
+	  --work_dir $(WORK) --output $(OUT) --overwrite
+	@echo "Triples in $(OUT)/, stats in $(OUT)/stats.json"
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/mine_speed.py
+
+clean:
+	rm -rf out work .pytest_cache

@@ -1,0 +1,1 @@
+"""Search indices (no Beam here): built and queried by the retrieval transforms."""

@@ -1,0 +1,96 @@
+"""Pipeline options as Beam `PipelineOptions` subclasses, so one command line carries both ours and
+the runner's (`--runner DataflowRunner --project ...`, `--runner FlinkRunner --flink_master ...`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional, Sequence, Tuple, Type
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from tripleminer.index.bm25 import BACKENDS
+from tripleminer.schemas.outputs import OUTPUT_FORMATS
+
+DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
+
+
+class MineOptions(PipelineOptions):
+    """Inputs, positives, negatives and output of `tripleminer mine`."""
+
+    # Enforced by `parse_options`, not argparse: Beam builds every registered options class for
+    # every PipelineOptions it parses, and a required flag would break unrelated ones.
+    REQUIRED = ("corpus", "output")
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        io = parser.add_argument_group("inputs and outputs")
+        io.add_argument("--corpus", default=None,
+                        help="Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
+        io.add_argument("--queries", default=None,
+                        help="Queries file pattern: BEIR queries.jsonl ({_id,text}) or Parquet (query_id,text). Optional when the query log carries query texts.")
+        io.add_argument("--qrels", default=None,
+                        help="Judged pairs: BEIR qrels TSV (query-id, corpus-id, score) or JSONL/Parquet (query_id, doc_id, score).")
+        io.add_argument("--query_log", default=None,
+                        help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}.")
+        io.add_argument("--output", default=None,
+                        help="Output folder (any Beam filesystem): triples-SSSSS-of-NNNNN.parquet shards, dead_letter-*.jsonl, stats.json.")
+        io.add_argument("--overwrite", action="store_true",
+                        help="Replace the files of a non-empty --output folder instead of refusing to run.")
+        io.add_argument("--work_dir", default="work",
+                        help="Folder for reusable intermediate artefacts (search indices), keyed by content hashes; must be reachable by all workers.")
+        io.add_argument("--output_format", default="nested", choices=OUTPUT_FORMATS,
+                        help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
+                             "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
+        io.add_argument("--ntuple_negatives", type=int, default=None,
+                        help="N for --output_format n-tuple (default: the total count of the negative mix).")
+        io.add_argument("--num_shards", type=int, default=0,
+                        help="Number of output shards; 0 lets the runner decide.")
+
+        pos = parser.add_argument_group("positives")
+        pos.add_argument("--min_clicks", type=int, default=1,
+                         help="A clicked document is a positive only with at least this many clicks over all sessions of the query.")
+        pos.add_argument("--min_ctr", type=float, default=0.0,
+                         help="... and at least this click-through rate (clicks / impressions).")
+        pos.add_argument("--qrels_min_score", type=float, default=1.0,
+                         help="A judged pair is a positive when its score is at least this.")
+
+        neg = parser.add_argument_group("negatives")
+        neg.add_argument("--negatives", default=DEFAULT_MIX,
+                         help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. Sources: impression (shown, never clicked), "
+                              "bm25 (BM25 ranking minus positives), gold (positives of other queries), random (uniform from the corpus). "
+                              "@start-end is a 1-based rank window; /top takes the best ranks of the window, /random (default) a uniform sample. "
+                              "Sources are filled in the order given and never repeat a document.")
+        neg.add_argument("--seed", type=int, default=13,
+                         help="Seed of all sampling; each query's draws derive from (seed, query id), so output does not depend on order or parallelism.")
+        neg.add_argument("--bm25_backend", default="bm25s", choices=BACKENDS,
+                         help="bm25s (sparse matrices, fast) or rank_bm25 (pure Python, ~100x slower, kept for comparison).")
+        neg.add_argument("--bm25_k1", type=float, default=0.9, help="BM25 k1 (term-frequency saturation).")
+        neg.add_argument("--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
+        neg.add_argument("--bm25_stemmer", default="english",
+                         help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
+        neg.add_argument("--bm25_depth", type=int, default=None,
+                         help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
+        neg.add_argument("--query_batch_size", type=int, default=512,
+                         help="Queries per retrieval call; larger batches amortise per-call overhead.")
+
+
+def parse_options(
+    option_classes: Sequence[Type[PipelineOptions]], argv: Optional[List[str]], prog: str, description: str
+) -> Tuple[argparse.Namespace, PipelineOptions]:
+    """Parse our options (with a real `--help` and required-option errors), then Beam's."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Any Apache Beam pipeline option is accepted too, e.g. --runner DirectRunner|DataflowRunner|FlinkRunner|PortableRunner, "
+               "--direct_num_workers 2 --direct_running_mode multi_processing, --project, --region, --temp_location, --setup_file ./setup.py. "
+               "See the README for Dataflow and Flink submission.",
+    )
+    for cls in option_classes:
+        cls._add_argparse_args(parser)
+    known, _ = parser.parse_known_args(argv)
+    for cls in option_classes:
+        missing = [f"--{name}" for name in getattr(cls, "REQUIRED", ()) if getattr(known, name) is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return known, PipelineOptions(argv)

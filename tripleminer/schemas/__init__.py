@@ -1,0 +1,1 @@
+"""pyarrow schemas of every input and output, and record validation."""

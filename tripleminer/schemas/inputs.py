@@ -1,0 +1,155 @@
+"""Input record schemas and validators: one place that says what a valid input record is.
+
+Readers turn each raw record (a JSON line, a TSV line or a Parquet row) into a plain dict of the
+shape below, or raise `InvalidRecord` with a reason that ends up in the dead-letter output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping
+
+import pyarrow as pa
+
+CORPUS_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+QUERIES_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+QRELS_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+    ]
+)
+
+SESSIONS_SCHEMA = pa.schema(
+    [
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query", pa.string()),
+        pa.field("timestamp", pa.string()),
+        pa.field("impressions", pa.list_(pa.string()), nullable=False),
+        pa.field("clicks", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
+# BEIR JSONL spells the id `_id`; Parquet inputs use the schema names above.
+BEIR_ALIASES: Dict[str, Dict[str, str]] = {
+    "corpus": {"_id": "doc_id"},
+    "queries": {"_id": "query_id"},
+    "qrels": {"query-id": "query_id", "corpus-id": "doc_id"},
+    "sessions": {},
+}
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be used; the message is the dead-letter reason."""
+
+
+def _id(value: Any, field: str) -> str:
+    # Ids are strings everywhere; integers are accepted because BEIR files mix them.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidRecord(f"field '{field}' must be a string id, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise InvalidRecord(f"field '{field}' is empty")
+    return text
+
+
+def _text(value: Any, field: str, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"field '{field}' must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidRecord(f"field '{field}' is empty or whitespace")
+    return value
+
+
+def _id_list(value: Any, field: str) -> List[str]:
+    if value is None:
+        raise InvalidRecord(f"missing field '{field}'")
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise InvalidRecord(f"field '{field}' must be a list of ids, got {type(value).__name__}")
+    return [_id(v, f"{field}[]") for v in value]
+
+
+def _renamed(record: Mapping[str, Any], kind: str) -> Dict[str, Any]:
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(f"expected a JSON object, got {type(record).__name__}")
+    aliases = BEIR_ALIASES[kind]
+    return {aliases.get(k, k): v for k, v in record.items()}
+
+
+def _require(record: Mapping[str, Any], fields: List[str]) -> None:
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise InvalidRecord(f"missing field(s) {', '.join(repr(m) for m in missing)}")
+
+
+def validate_doc(record: Mapping[str, Any]) -> Dict[str, Any]:
+    rec = _renamed(record, "corpus")
+    _require(rec, ["doc_id", "text"])
+    title = _text(rec.get("title"), "title", required=False)
+    text = _text(rec.get("text"), "text", required=False)
+    if not (title.strip() or text.strip()):
+        raise InvalidRecord("document has empty title and text")
+    return {"doc_id": _id(rec["doc_id"], "doc_id"), "title": title, "text": text}
+
+
+def validate_query(record: Mapping[str, Any]) -> Dict[str, Any]:
+    rec = _renamed(record, "queries")
+    _require(rec, ["query_id", "text"])
+    return {"query_id": _id(rec["query_id"], "query_id"), "text": _text(rec["text"], "text")}
+
+
+def validate_qrel(record: Mapping[str, Any]) -> Dict[str, Any]:
+    rec = _renamed(record, "qrels")
+    _require(rec, ["query_id", "doc_id", "score"])
+    try:
+        score = float(rec["score"])
+    except (TypeError, ValueError):
+        raise InvalidRecord(f"field 'score' is not a number: {rec['score']!r}") from None
+    return {"query_id": _id(rec["query_id"], "query_id"), "doc_id": _id(rec["doc_id"], "doc_id"), "score": score}
+
+
+def validate_session(record: Mapping[str, Any]) -> Dict[str, Any]:
+    rec = _renamed(record, "sessions")
+    _require(rec, ["session_id", "query_id", "impressions", "clicks"])
+    impressions = _id_list(rec["impressions"], "impressions")
+    clicks = _id_list(rec["clicks"], "clicks")
+    query = rec.get("query")
+    return {
+        "session_id": _id(rec["session_id"], "session_id"),
+        "query_id": _id(rec["query_id"], "query_id"),
+        "query": _text(query, "query") if query is not None else None,
+        "timestamp": None if rec.get("timestamp") is None else str(rec["timestamp"]),
+        "impressions": impressions,
+        "clicks": clicks,
+    }
+
+
+VALIDATORS: Dict[str, Callable[[Mapping[str, Any]], Dict[str, Any]]] = {
+    "corpus": validate_doc,
+    "queries": validate_query,
+    "qrels": validate_qrel,
+    "sessions": validate_session,
+}
+
+INPUT_SCHEMAS: Dict[str, pa.Schema] = {
+    "corpus": CORPUS_SCHEMA,
+    "queries": QUERIES_SCHEMA,
+    "qrels": QRELS_SCHEMA,
+    "sessions": SESSIONS_SCHEMA,
+}

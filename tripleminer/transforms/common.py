@@ -1,0 +1,78 @@
+"""Helpers shared by the transforms: stable per-record randomness, candidate lists, timing."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence
+
+import numpy as np
+from apache_beam.metrics import Metrics
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 64-bit seed from the parts' text: the same on every worker and run (unlike `hash()`)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def stable_rng(*parts: Any) -> np.random.Generator:
+    """The RNG of one record, e.g. `stable_rng(seed, "random", query_id)`: order-independent sampling."""
+    return np.random.default_rng(stable_seed(*parts))
+
+
+def candidates(
+    source: str,
+    doc_ids: Sequence[str],
+    ranks: Optional[Sequence[int]] = None,
+    scores: Optional[Sequence[float]] = None,
+    titles: Optional[Sequence[str]] = None,
+    texts: Optional[Sequence[str]] = None,
+) -> Dict[str, Any]:
+    """One source's candidate negatives for one query, column-wise (cheap to ship between stages).
+
+    `ranks` are 1-based positions in the source's own ranking (None for unranked sources);
+    `titles`/`texts` are given only where the text is not a corpus document's (pretext passages).
+    """
+    n = len(doc_ids)
+    for name, col in (("ranks", ranks), ("scores", scores), ("titles", titles), ("texts", texts)):
+        if col is not None and len(col) != n:
+            raise ValueError(f"{source}: {name} has {len(col)} entries for {n} doc ids")
+    return {
+        "source": source,
+        "doc_ids": list(doc_ids),
+        "ranks": None if ranks is None else [int(r) for r in ranks],
+        "scores": None if scores is None else [float(s) for s in scores],
+        "titles": None if titles is None else list(titles),
+        "texts": None if texts is None else list(texts),
+    }
+
+
+class CorpusIds:
+    """The corpus's doc ids from a side input: a sorted array for sampling, a set for membership.
+
+    Built once per worker (side inputs in the global window do not change between elements).
+    """
+
+    def __init__(self) -> None:
+        self._source_id: Optional[int] = None
+        self.sorted: np.ndarray = np.array([], dtype=object)
+        self.members: FrozenSet[str] = frozenset()
+
+    def load(self, ids: List[str]) -> "CorpusIds":
+        if self._source_id != id(ids):
+            self.sorted = np.array(sorted(ids), dtype=object)
+            self.members = frozenset(ids)
+            self._source_id = id(ids)
+        return self
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Add the block's wall time to the `time/<stage>_ms` counter (busy time per stage in the stats)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        Metrics.counter("time", f"{stage}_ms").inc(int((time.perf_counter() - start) * 1000))

@@ -1,0 +1,147 @@
+"""Positive pairs from labels: clicks in a query log, judged-relevant qrels.
+
+Both produce `(query_id, positive)` where a positive is the `POSITIVE_TYPE` struct of
+`schemas.outputs` minus its text (the text is joined in at the end). `QueryRecords` then groups a
+query's positives with its text into the record every candidate source works from:
+`{"query_id", "query", "positives": [...], "candidates": []}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from tripleminer.io.readers import DEAD, dead_letter
+from tripleminer.transforms.common import CorpusIds
+
+SOURCE_PRIORITY = ("qrel", "click")  # a pair found by both keeps one row, labelled "qrel+click"
+
+
+def positive(doc_id: str, source: str, **fields: Any) -> Dict[str, Any]:
+    out = {"doc_id": doc_id, "title": None, "text": None, "source": source,
+           "label": None, "clicks": None, "impressions": None, "ctr": None}
+    out.update(fields)
+    return out
+
+
+class ClickPositives(beam.PTransform):
+    """A clicked document is a positive when its clicks and click-through rate pass the thresholds."""
+
+    def __init__(self, min_clicks: int = 1, min_ctr: float = 0.0) -> None:
+        super().__init__()
+        self.min_clicks, self.min_ctr = min_clicks, min_ctr
+
+    def expand(self, pair_stats: beam.PCollection) -> beam.PCollection:
+        kept = Metrics.counter("positives", "click_pairs")
+        below = Metrics.counter("positives", "click_pairs_below_threshold")
+
+        def to_positive(item: Tuple[Tuple[str, str], Dict[str, int]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+            (qid, doc_id), s = item
+            if s["clicks"] == 0:
+                return  # never clicked: an impression-negative candidate, not a positive
+            ctr = s["clicks"] / s["impressions"]
+            if s["clicks"] < self.min_clicks or ctr < self.min_ctr:
+                below.inc()
+                return
+            kept.inc()
+            yield qid, positive(doc_id, "click", clicks=s["clicks"], impressions=s["impressions"], ctr=ctr)
+
+        return pair_stats | "ClickThresholds" >> beam.FlatMap(to_positive)
+
+
+class QrelPositives(beam.PTransform):
+    """Judged pairs with a score of at least `min_score` are positives."""
+
+    def __init__(self, min_score: float = 1.0) -> None:
+        super().__init__()
+        self.min_score = min_score
+
+    def expand(self, qrels: beam.PCollection) -> beam.PCollection:
+        kept = Metrics.counter("positives", "qrel_pairs")
+        below = Metrics.counter("positives", "qrel_pairs_below_threshold")
+
+        def to_positive(q: Dict[str, Any]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+            if q["score"] < self.min_score:
+                below.inc()
+                return
+            kept.inc()
+            yield q["query_id"], positive(q["doc_id"], "qrel", label=q["score"])
+
+        return qrels | "QrelThreshold" >> beam.FlatMap(to_positive)
+
+
+def merge_positives(found: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+    """One positive per (query, doc) from every label source that found it."""
+    by_source = {p["source"]: p for p in found}
+    sources = [s for s in SOURCE_PRIORITY if s in by_source] + sorted(set(by_source) - set(SOURCE_PRIORITY))
+    merged = dict(by_source[sources[0]])
+    for other in sources[1:]:
+        merged.update({k: v for k, v in by_source[other].items() if merged.get(k) is None})
+    merged["source"] = "+".join(sources)
+    return merged
+
+
+class _JoinQuery(beam.DoFn):
+    """Emit a query record when a query has both text and positives in the corpus; else account for it."""
+
+    def __init__(self) -> None:
+        self.ids = CorpusIds()
+        self.records = Metrics.counter("queries", "with_positive")
+        self.without = Metrics.counter("queries", "without_positive")
+        self.unknown_doc = Metrics.counter("positives", "unknown_doc_dead_letter")
+        self.no_text = Metrics.counter("queries", "no_text_dead_letter")
+
+    def process(self, element: Tuple[str, Dict[str, List[Any]]], corpus_ids: List[str]) -> Iterator[Any]:
+        qid, joined = element
+        members = self.ids.load(corpus_ids).members
+        texts = joined["text"] or joined["log_text"]
+        positives = []
+        for doc_id, found in sorted(_by_doc(joined["positives"]).items()):
+            if doc_id in members:
+                positives.append(merge_positives(found))
+            else:
+                self.unknown_doc.inc()
+                yield beam.pvalue.TaggedOutput(
+                    DEAD, dead_letter("positives", "", f"doc_id {doc_id!r} is not in the corpus", {"query_id": qid, "doc_id": doc_id})
+                )
+        if not positives:
+            if texts:
+                self.without.inc()
+            return
+        if not texts:
+            self.no_text.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD, dead_letter("queries", "", f"query {qid!r} has positives but no text in queries or log", {"query_id": qid})
+            )
+            return
+        self.records.inc()
+        yield {"query_id": qid, "query": sorted(texts)[0], "positives": positives, "candidates": []}
+
+
+def _by_doc(positives: Iterable[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for p in positives:
+        out.setdefault(p["doc_id"], []).append(p)
+    return out
+
+
+class QueryRecords(beam.PTransform):
+    """Join positives with query texts (queries file first, the log's text otherwise).
+
+    Returns `{"records", "dead"}`: unknown positive documents and queries without text are dead
+    letters; queries without positives are counted.
+    """
+
+    def __init__(self, corpus_ids: beam.pvalue.AsSingleton) -> None:
+        super().__init__()
+        self.corpus_ids = corpus_ids
+
+    def expand(self, inputs: Dict[str, beam.PCollection]):
+        joined = (
+            {"positives": inputs["positives"], "text": inputs["text"], "log_text": inputs["log_text"]}
+            | "GroupByQuery" >> beam.CoGroupByKey()
+            | "JoinQuery" >> beam.ParDo(_JoinQuery(), self.corpus_ids).with_outputs(DEAD, main="records")
+        )
+        return {"records": joined.records, "dead": joined.dead}

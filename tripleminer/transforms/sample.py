@@ -1,0 +1,151 @@
+"""Choose each (query, positive)'s negatives from the candidate sources: the configurable mix.
+
+`sample_negatives` is a pure function of (seed, query, positive, candidates, mix), so it is
+testable without Beam and gives the same negatives whatever order the candidates arrived in.
+The mix says, per source, how many negatives per positive, from which rank window, and whether to
+take the top of the window or a uniform sample of it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from tripleminer.transforms.common import stable_rng, timed
+
+STRATEGIES = ("random", "top")
+_SPEC = re.compile(r"^(?P<source>[a-z][a-z0-9_]*):(?P<count>\d+)(?:@(?P<start>\d+)-(?P<end>\d+))?(?:/(?P<strategy>[a-z]+))?$")
+
+
+@dataclass(frozen=True)
+class SourceMix:
+    """How many negatives of one source each positive gets, and from which part of its ranking."""
+
+    source: str
+    count: int
+    rank_start: Optional[int] = None  # 1-based, inclusive; None = no window
+    rank_end: Optional[int] = None
+    strategy: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"{self.source}: unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if self.rank_start is not None and not (1 <= self.rank_start <= self.rank_end):
+            raise ValueError(f"{self.source}: rank window {self.rank_start}-{self.rank_end} must satisfy 1 <= start <= end")
+
+    def in_window(self, rank: Optional[int]) -> bool:
+        if self.rank_start is None or rank is None:
+            return True
+        return self.rank_start <= rank <= self.rank_end
+
+
+def parse_mix(spec: str) -> List[SourceMix]:
+    """Parse `"impression:2,bm25:4@1-100/top,random:1"` (source:count[@start-end][/random|top])."""
+    mix = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = _SPEC.match(part)
+        if not m:
+            raise ValueError(f"bad negative mix entry {part!r}: expected source:count[@start-end][/random|top]")
+        start, end = m["start"], m["end"]
+        mix.append(
+            SourceMix(
+                source=m["source"],
+                count=int(m["count"]),
+                rank_start=int(start) if start else None,
+                rank_end=int(end) if end else None,
+                strategy=m["strategy"] or "random",
+            )
+        )
+    sources = [m.source for m in mix]
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"negative mix {spec!r} names a source twice")
+    return mix
+
+
+def sample_negatives(
+    seed: int,
+    query_id: str,
+    positive_id: str,
+    exclude: Iterable[str],
+    pools: Dict[str, Dict[str, Any]],
+    mix: Sequence[SourceMix],
+) -> List[Dict[str, Any]]:
+    """Negatives for one (query, positive): per source in mix order, never a doc in `exclude`
+    (the query's positives) nor one already chosen from an earlier source."""
+    taken = set(exclude)
+    chosen: List[Dict[str, Any]] = []
+    for m in mix:
+        pool = pools.get(m.source)
+        if pool is None or m.count == 0:
+            continue
+        ranks = pool["ranks"] or [None] * len(pool["doc_ids"])
+        eligible = [i for i, (d, r) in enumerate(zip(pool["doc_ids"], ranks)) if d not in taken and m.in_window(r)]
+        # Best rank first, then doc id: the draw does not depend on the order candidates arrived in.
+        eligible.sort(key=lambda i: (ranks[i] if ranks[i] is not None else 0, pool["doc_ids"][i]))
+        if m.strategy == "random" and len(eligible) > m.count:
+            rng = stable_rng(seed, query_id, positive_id, m.source)
+            picked = set(rng.choice(len(eligible), size=m.count, replace=False).tolist())
+            eligible = [i for j, i in enumerate(eligible) if j in picked]
+        for i in eligible[: m.count]:
+            taken.add(pool["doc_ids"][i])
+            chosen.append(_negative(pool, i, ranks[i]))
+    return chosen
+
+
+def _negative(pool: Dict[str, Any], i: int, rank: Optional[int]) -> Dict[str, Any]:
+    return {
+        "doc_id": pool["doc_ids"][i],
+        "title": pool["titles"][i] if pool["titles"] else None,
+        "text": pool["texts"][i] if pool["texts"] else None,
+        "source": pool["source"],
+        "rank": rank,
+        "score": pool["scores"][i] if pool["scores"] else None,
+    }
+
+
+class _Sample(beam.DoFn):
+    def __init__(self, seed: int, mix: Sequence[SourceMix]) -> None:
+        self.seed, self.mix = seed, list(mix)
+        self.wanted = sum(m.count for m in mix)
+        self.rows = Metrics.counter("rows", "rows")
+        self.short = Metrics.counter("rows", "rows_with_fewer_negatives_than_asked")
+        self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
+
+    def process(self, element: Tuple[str, Dict[str, List[Any]]]) -> Iterator[Dict[str, Any]]:
+        _, joined = element
+        if not joined["record"]:
+            return  # candidates of a query that has no record (e.g. no positive): nothing to build
+        (record,) = joined["record"]
+        pools = {c["source"]: c for c in joined["candidates"]}
+        pools.update({c["source"]: c for c in record.get("candidates", [])})
+        exclude = [p["doc_id"] for p in record["positives"]]
+        with timed("sample"):
+            for pos in record["positives"]:
+                negatives = sample_negatives(self.seed, record["query_id"], pos["doc_id"], exclude, pools, self.mix)
+                self.rows.inc()
+                if len(negatives) < self.wanted:
+                    self.short.inc()
+                for n in negatives:
+                    self.per_source[n["source"]].inc()
+                yield {"query_id": record["query_id"], "query": record["query"], "positive": pos, "negatives": negatives}
+
+
+class SampleNegatives(beam.PTransform):
+    """Join query records with every source's candidates and emit one row per (query, positive)."""
+
+    def __init__(self, seed: int, mix: Sequence[SourceMix]) -> None:
+        super().__init__()
+        self.seed, self.mix = seed, mix
+
+    def expand(self, inputs: Tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        records, candidate_lists = inputs
+        keyed = records | "KeyRecords" >> beam.Map(lambda r: (r["query_id"], r))
+        return (
+            {"record": keyed, "candidates": candidate_lists}
+            | "GroupByQuery" >> beam.CoGroupByKey()
+            | "Sample" >> beam.ParDo(_Sample(self.seed, self.mix))
+        )
