@@ -121,7 +121,7 @@ def test_refuses_non_empty_output_without_overwrite(mined, scifact):
 
 
 def test_flat_layouts_load_with_datasets(scifact, tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     for fmt, columns in [("triplet", ["anchor", "positive", "negative"]),
                          ("n-tuple", ["anchor", "positive"] + [f"negative_{i}" for i in range(1, 8)])]:
         out = tmp_path / fmt
