@@ -40,6 +40,7 @@ NEGATIVE_TYPE = pa.struct(
         pa.field("source", pa.string(), nullable=False),  # impression, random, bm25, gold, ann, ...
         pa.field("rank", pa.int32()),  # 1-based rank in the source's ranking; null if unranked
         pa.field("score", pa.float64()),  # the source's score (BM25, cosine, ...); null if none
+        pa.field("ce_score", pa.float64()),  # cross-encoder probability of relevance, if scored
     ]
 )
 

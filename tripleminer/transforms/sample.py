@@ -104,6 +104,7 @@ def _negative(pool: Dict[str, Any], i: int, rank: Optional[int]) -> Dict[str, An
         "source": pool["source"],
         "rank": rank,
         "score": pool["scores"][i] if pool["scores"] else None,
+        "ce_score": None,
     }
 
 
