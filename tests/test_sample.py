@@ -83,3 +83,36 @@ def test_random_strategy_is_seeded_and_covers_the_window():
     same = sample_negatives(7, "q", "p", [], {"bm25": bm25_pool()}, mix)
     assert same == sample_negatives(7, "q", "p", [], {"bm25": bm25_pool()}, mix)
     assert same != sample_negatives(7, "q", "other-positive", [], {"bm25": bm25_pool()}, mix)
+
+
+def test_hard_cap_and_easy_to_hard_ratio():
+    from tripleminer.transforms.sample import MixPolicy
+
+    pools = {
+        "bm25": bm25_pool(20),
+        "ann": candidates("ann", [f"a{i}" for i in range(20)], ranks=range(1, 21), scores=[0.9] * 20),
+        "random": candidates("random", [f"r{i}" for i in range(50)]),
+        "gold": candidates("gold", [f"g{i}" for i in range(50)]),
+    }
+    mix = parse_mix("random:1,bm25:3,ann:3,gold:1")
+    negs = sample_negatives(3, "q", "p", [], pools, mix, MixPolicy(max_hard=2, easy_per_hard=10))
+    sources = [n["source"] for n in negs]
+    assert sources[:2] == ["bm25", "bm25"]  # cap reached inside the first hard source
+    assert sources.count("ann") == 0
+    assert sources[2:] == ["random"] * 20  # 10 easy per hard, filled in mix order: random has 50
+    uncapped = sample_negatives(3, "q", "p", [], pools, mix)
+    assert [n["source"] for n in uncapped] == ["bm25"] * 3 + ["ann"] * 3 + ["random", "gold"]
+
+
+def test_positive_aware_filter_rejects_dense_candidates_close_to_the_positive():
+    from tripleminer.transforms.sample import MixPolicy
+
+    pools = {"ann": candidates("ann", ["a", "b", "c", "d"], ranks=[1, 2, 3, 4], scores=[0.80, 0.76, 0.70, 0.50]),
+             "bm25": candidates("bm25", ["a", "z"], ranks=[1, 2], scores=[9.0, 8.0])}
+    policy = MixPolicy(max_score_ratio=0.95)
+    rejected = policy.too_close(pools, positive_score=0.8)  # limit 0.76: only "a" is above
+    assert rejected == ["a"]
+    assert MixPolicy(min_margin=0.05).too_close(pools, 0.8) == ["a", "b"]  # above 0.75
+    assert MixPolicy().too_close(pools, 0.8) == [] and policy.too_close(pools, None) == []
+    negs = sample_negatives(1, "q", "p", ["p"] + rejected, pools, parse_mix("bm25:2,ann:4"), policy)
+    assert [n["doc_id"] for n in negs] == ["z", "b", "c", "d"]  # "a" is excluded from every source

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 # command -> (module, function taking argv and returning an exit code, one-line summary)
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mine": ("tripleminer.pipelines.mine", "main", "query log / qrels + corpus -> Parquet training triples (Beam)"),
+    "pretext": ("tripleminer.pipelines.pretext", "main", "bare corpus -> self-supervised Parquet training triples (ICT, crop, span; Beam)"),
 }
 
 

@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
-import tripleminer
-from tripleminer.index.bm25 import BM25Settings
 from tripleminer.io.readers import ReadRecords
-from tripleminer.io.writers import WriteDeadLetters, WriteTriples, prepare_output, write_stats
+from tripleminer.pipelines import common
 from tripleminer.pipelines.options import MineOptions, parse_options
-from tripleminer.pipelines.stats import summarize
 from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
-from tripleminer.transforms.negatives import GoldNegatives, ImpressionNegatives, RandomNegatives
+from tripleminer.transforms.negatives import ImpressionNegatives
 from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
-from tripleminer.transforms.retrieval import BM25Negatives, BuildBM25Index
 from tripleminer.transforms.sample import SampleNegatives, SourceMix, parse_mix
 from tripleminer.transforms.texts import AttachTexts
 
@@ -38,19 +31,7 @@ SOURCES = ("impression", "bm25", "gold", "random")
 
 def run_config(o: MineOptions) -> Dict[str, Any]:
     """The options that decide the output, recorded in every shard and in stats.json."""
-    ours = {k: v for k, v in o.get_all_options().items() if k in _OUR_OPTIONS and k != "overwrite"}
-    return {"tripleminer_version": tripleminer.__version__, **dict(sorted(ours.items()))}
-
-
-def _our_option_names() -> List[str]:
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    MineOptions._add_argparse_args(parser)
-    return [a.dest for a in parser._actions]
-
-
-_OUR_OPTIONS = set(_our_option_names())
+    return common.run_config(o, MineOptions)
 
 
 def validate(o: MineOptions, mix: List[SourceMix]) -> None:
@@ -75,13 +56,8 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     dead: List[beam.PCollection] = []
 
     # read
-    corpus = p | ReadRecords("corpus", o.corpus, "corpus")
-    unique = corpus["records"] | DedupeById("corpus", "doc_id")
-    docs = unique["records"]
-    dead += [corpus["dead"], unique["dead"]]
-    corpus_ids = beam.pvalue.AsSingleton(
-        docs | "DocIds" >> beam.Map(lambda d: d["doc_id"]) | "AllDocIds" >> beam.combiners.ToList()
-    )
+    docs, corpus_ids, corpus_dead = common.read_corpus(p, o.corpus)
+    dead += corpus_dead
 
     query_texts = p | "NoQueries" >> beam.Create([])
     if o.queries:
@@ -119,53 +95,21 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     candidate_lists = []
     if "impression" in per_source:
         candidate_lists.append(pair_stats | "ImpressionNegatives" >> ImpressionNegatives(corpus_ids))
-    if "bm25" in per_source:
-        settings = BM25Settings(o.bm25_backend, o.bm25_k1, o.bm25_b, o.bm25_stemmer)
-        depth = o.bm25_depth or per_source["bm25"].rank_end or 100
-        index_dir = docs | "BuildBM25Index" >> BuildBM25Index(settings, o.work_dir)
-        candidate_lists.append(records | "BM25Negatives" >> BM25Negatives(index_dir, depth, o.query_batch_size))
-    if "gold" in per_source:
-        candidate_lists.append(records | "GoldNegatives" >> GoldNegatives(per_source["gold"].count, o.seed))
-    if "random" in per_source:
-        candidate_lists.append(records | "RandomNegatives" >> RandomNegatives(corpus_ids, per_source["random"].count, o.seed))
+    candidate_lists += common.corpus_negatives(records, docs, corpus_ids, per_source, o)  # bm25, gold, random
     all_candidates = candidate_lists | "AllCandidates" >> beam.Flatten() if candidate_lists else p | "NoCandidates" >> beam.Create([])
 
     # sample -> texts -> write
     rows = (records, all_candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix)
     rows = rows | "AttachTexts" >> AttachTexts(docs)
-    ntuple = o.ntuple_negatives or sum(m.count for m in mix)
-    rows | "WriteTriples" >> WriteTriples(o.output, o.output_format, run_config(o), o.num_shards, ntuple)
-    (
-        dead
-        | "AllDeadLetters" >> beam.Flatten()
-        | "CountDeadLetters" >> beam.Map(_count_dead)
-        | "WriteDeadLetters" >> WriteDeadLetters(o.output)
-    )
-
-
-def _count_dead(d: Dict[str, str]) -> Dict[str, str]:
-    Metrics.counter("dead_letter", d["input"]).inc()
-    return d
+    common.write_outputs(rows, dead, o, mix, run_config(o))
 
 
 def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run the mine pipeline and return its stats (also written to OUTPUT/stats.json)."""
     _, options = parse_options([MineOptions], argv, "tripleminer mine", __doc__.split("\n")[0])
     o = options.view_as(MineOptions)
-    prepare_output(o.output, o.overwrite)
-    start = time.perf_counter()
     log.info("mining %s -> %s (negatives %s, seed %d)", o.corpus, o.output, o.negatives, o.seed)
-    p = beam.Pipeline(options=options)
-    build(p, o)
-    result = p.run()
-    result.wait_until_finish()
-    stats = summarize(result, run_config(o), time.perf_counter() - start)
-    path = write_stats(o.output, stats)
-    log.info(
-        "wrote %d rows (negatives per source %s) in %.1fs; stats in %s",
-        stats["rows"], stats["negatives_per_source"], stats["wall_time_s"], path,
-    )
-    return stats
+    return common.execute(options, o.output, o.overwrite, lambda p: build(p, o), run_config(o))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

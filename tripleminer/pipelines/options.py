@@ -4,7 +4,7 @@ the runner's (`--runner DataflowRunner --project ...`, `--runner FlinkRunner --f
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Sequence, Tuple, Type
+from typing import Any, List, Optional, Sequence, Tuple, Type
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -12,6 +12,55 @@ from tripleminer.index.bm25 import BACKENDS
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 
 DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
+
+
+def add_argument_once(container: Any, *flags: str, **kwargs: Any) -> None:
+    """`container.add_argument(*flags, **kwargs)`, unless another options class already added the flag.
+
+    Beam builds one parser from every `PipelineOptions` subclass loaded in the process
+    (`get_all_options`, called when a pipeline runs), so two pipelines' options classes declaring the
+    same flag would make every pipeline in that process fail with an argparse conflict. Each class's
+    own parser (`parse_options`, `view_as`) still sees its own default and help: the values a
+    pipeline reads are the ones its own class declares.
+    """
+    if not any(flag in container._option_string_actions for flag in flags):
+        container.add_argument(*flags, **kwargs)
+
+
+def add_corpus_argument(group: Any) -> None:
+    add_argument_once(group, "--corpus", default=None,
+                      help="Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
+
+
+def add_output_arguments(group: Any) -> None:
+    """Where and how the triples are written: the same for every pipeline."""
+    add_argument_once(group, "--output", default=None,
+                      help="Output folder (any Beam filesystem): triples-SSSSS-of-NNNNN.parquet shards, dead_letter-*.jsonl, stats.json.")
+    add_argument_once(group, "--overwrite", action="store_true",
+                      help="Replace the files of a non-empty --output folder instead of refusing to run.")
+    add_argument_once(group, "--work_dir", default="work",
+                      help="Folder for reusable intermediate artefacts (search indices), keyed by content hashes; must be reachable by all workers.")
+    add_argument_once(group, "--output_format", default="nested", choices=OUTPUT_FORMATS,
+                      help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
+                           "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
+    add_argument_once(group, "--ntuple_negatives", type=int, default=None,
+                      help="N for --output_format n-tuple (default: the total count of the negative mix).")
+    add_argument_once(group, "--num_shards", type=int, default=0,
+                      help="Number of output shards; 0 lets the runner decide.")
+
+
+def add_bm25_arguments(group: Any) -> None:
+    """The BM25 negative source's index and search settings."""
+    add_argument_once(group, "--bm25_backend", default="bm25s", choices=BACKENDS,
+                      help="bm25s (sparse matrices, fast) or rank_bm25 (pure Python, ~100x slower, kept for comparison).")
+    add_argument_once(group, "--bm25_k1", type=float, default=0.9, help="BM25 k1 (term-frequency saturation).")
+    add_argument_once(group, "--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
+    add_argument_once(group, "--bm25_stemmer", default="english",
+                      help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
+    add_argument_once(group, "--bm25_depth", type=int, default=None,
+                      help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
+    add_argument_once(group, "--query_batch_size", type=int, default=512,
+                      help="Queries per retrieval call; larger batches amortise per-call overhead.")
 
 
 class MineOptions(PipelineOptions):
@@ -24,27 +73,14 @@ class MineOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         io = parser.add_argument_group("inputs and outputs")
-        io.add_argument("--corpus", default=None,
-                        help="Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
+        add_corpus_argument(io)
         io.add_argument("--queries", default=None,
                         help="Queries file pattern: BEIR queries.jsonl ({_id,text}) or Parquet (query_id,text). Optional when the query log carries query texts.")
         io.add_argument("--qrels", default=None,
                         help="Judged pairs: BEIR qrels TSV (query-id, corpus-id, score) or JSONL/Parquet (query_id, doc_id, score).")
         io.add_argument("--query_log", default=None,
                         help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}.")
-        io.add_argument("--output", default=None,
-                        help="Output folder (any Beam filesystem): triples-SSSSS-of-NNNNN.parquet shards, dead_letter-*.jsonl, stats.json.")
-        io.add_argument("--overwrite", action="store_true",
-                        help="Replace the files of a non-empty --output folder instead of refusing to run.")
-        io.add_argument("--work_dir", default="work",
-                        help="Folder for reusable intermediate artefacts (search indices), keyed by content hashes; must be reachable by all workers.")
-        io.add_argument("--output_format", default="nested", choices=OUTPUT_FORMATS,
-                        help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
-                             "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
-        io.add_argument("--ntuple_negatives", type=int, default=None,
-                        help="N for --output_format n-tuple (default: the total count of the negative mix).")
-        io.add_argument("--num_shards", type=int, default=0,
-                        help="Number of output shards; 0 lets the runner decide.")
+        add_output_arguments(io)
 
         pos = parser.add_argument_group("positives")
         pos.add_argument("--min_clicks", type=int, default=1,
@@ -55,23 +91,14 @@ class MineOptions(PipelineOptions):
                          help="A judged pair is a positive when its score is at least this.")
 
         neg = parser.add_argument_group("negatives")
-        neg.add_argument("--negatives", default=DEFAULT_MIX,
-                         help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. Sources: impression (shown, never clicked), "
-                              "bm25 (BM25 ranking minus positives), gold (positives of other queries), random (uniform from the corpus). "
-                              "@start-end is a 1-based rank window; /top takes the best ranks of the window, /random (default) a uniform sample. "
-                              "Sources are filled in the order given and never repeat a document.")
-        neg.add_argument("--seed", type=int, default=13,
-                         help="Seed of all sampling; each query's draws derive from (seed, query id), so output does not depend on order or parallelism.")
-        neg.add_argument("--bm25_backend", default="bm25s", choices=BACKENDS,
-                         help="bm25s (sparse matrices, fast) or rank_bm25 (pure Python, ~100x slower, kept for comparison).")
-        neg.add_argument("--bm25_k1", type=float, default=0.9, help="BM25 k1 (term-frequency saturation).")
-        neg.add_argument("--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
-        neg.add_argument("--bm25_stemmer", default="english",
-                         help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
-        neg.add_argument("--bm25_depth", type=int, default=None,
-                         help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
-        neg.add_argument("--query_batch_size", type=int, default=512,
-                         help="Queries per retrieval call; larger batches amortise per-call overhead.")
+        add_argument_once(neg, "--negatives", default=DEFAULT_MIX,
+                          help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. Sources: impression (shown, never clicked), "
+                               "bm25 (BM25 ranking minus positives), gold (positives of other queries), random (uniform from the corpus). "
+                               "@start-end is a 1-based rank window; /top takes the best ranks of the window, /random (default) a uniform sample. "
+                               "Sources are filled in the order given and never repeat a document.")
+        add_argument_once(neg, "--seed", type=int, default=13,
+                          help="Seed of all sampling; each query's draws derive from (seed, query id), so output does not depend on order or parallelism.")
+        add_bm25_arguments(neg)
 
 
 def parse_options(

@@ -66,6 +66,44 @@ def parse_mix(spec: str) -> List[SourceMix]:
     return mix
 
 
+HARD_SOURCES = ("impression", "bm25", "ann", "same_doc")  # ranked near the query; the rest are easy
+DENSE_SOURCES = ("ann",)  # scores are cosines of the same model as the positive's score
+
+
+@dataclass(frozen=True)
+class MixPolicy:
+    """Caps and filters across sources (all optional).
+
+    max_hard: at most this many hard negatives per positive (Facebook search: 2 worked best).
+    easy_per_hard: easy negatives per hard one chosen, replacing the easy sources' counts
+        (Facebook found up to 100:1 kept helping); filled from easy sources in mix order.
+    max_score_ratio: NV-Retriever's TopK-PercPos: a candidate whose dense score exceeds this
+        fraction of the positive's dense score is a likely false negative and is never used.
+    min_margin: likewise for a dense score above the positive's minus this margin.
+    """
+
+    max_hard: Optional[int] = None
+    easy_per_hard: Optional[float] = None
+    max_score_ratio: Optional[float] = None
+    min_margin: Optional[float] = None
+
+    def too_close(self, pools: Dict[str, Dict[str, Any]], positive_score: Optional[float]) -> List[str]:
+        """Doc ids of dense candidates the positive-aware filter rejects for this positive."""
+        if positive_score is None or (self.max_score_ratio is None and self.min_margin is None):
+            return []
+        limit = min(
+            self.max_score_ratio * positive_score if self.max_score_ratio is not None else float("inf"),
+            positive_score - self.min_margin if self.min_margin is not None else float("inf"),
+        )
+        return [
+            d
+            for source in DENSE_SOURCES
+            if source in pools and pools[source]["scores"]
+            for d, score in zip(pools[source]["doc_ids"], pools[source]["scores"])
+            if score > limit
+        ]
+
+
 def sample_negatives(
     seed: int,
     query_id: str,
@@ -73,27 +111,46 @@ def sample_negatives(
     exclude: Iterable[str],
     pools: Dict[str, Dict[str, Any]],
     mix: Sequence[SourceMix],
+    policy: MixPolicy = MixPolicy(),
 ) -> List[Dict[str, Any]]:
-    """Negatives for one (query, positive): per source in mix order, never a doc in `exclude`
-    (the query's positives) nor one already chosen from an earlier source."""
+    """Negatives for one (query, positive): hard sources first, then easy ones, each in mix order;
+    never a doc in `exclude` (the query's positives, filtered likely false negatives) nor one
+    already chosen from an earlier source."""
     taken = set(exclude)
     chosen: List[Dict[str, Any]] = []
-    for m in mix:
-        pool = pools.get(m.source)
-        if pool is None or m.count == 0:
-            continue
-        ranks = pool["ranks"] or [None] * len(pool["doc_ids"])
-        eligible = [i for i, (d, r) in enumerate(zip(pool["doc_ids"], ranks)) if d not in taken and m.in_window(r)]
-        # Best rank first, then doc id: the draw does not depend on the order candidates arrived in.
-        eligible.sort(key=lambda i: (ranks[i] if ranks[i] is not None else 0, pool["doc_ids"][i]))
-        if m.strategy == "random" and len(eligible) > m.count:
-            rng = stable_rng(seed, query_id, positive_id, m.source)
-            picked = set(rng.choice(len(eligible), size=m.count, replace=False).tolist())
-            eligible = [i for j, i in enumerate(eligible) if j in picked]
-        for i in eligible[: m.count]:
-            taken.add(pool["doc_ids"][i])
-            chosen.append(_negative(pool, i, ranks[i]))
+    hard = [m for m in mix if m.source in HARD_SOURCES]
+    easy = [m for m in mix if m.source not in HARD_SOURCES]
+    for m in hard:
+        budget = m.count if policy.max_hard is None else min(m.count, policy.max_hard - len(chosen))
+        chosen += _take(seed, query_id, positive_id, pools.get(m.source), m, budget, taken)
+    easy_budget = None if policy.easy_per_hard is None else round(policy.easy_per_hard * len(chosen))
+    for m in easy:
+        budget = m.count if easy_budget is None else easy_budget
+        got = _take(seed, query_id, positive_id, pools.get(m.source), m, budget, taken)
+        chosen += got
+        if easy_budget is not None:
+            easy_budget -= len(got)
     return chosen
+
+
+def _take(seed: int, query_id: str, positive_id: str, pool: Optional[Dict[str, Any]], m: SourceMix,
+          count: int, taken: set) -> List[Dict[str, Any]]:
+    """Up to `count` candidates of one source's pool inside its window and not yet taken."""
+    if pool is None or count <= 0:
+        return []
+    ranks = pool["ranks"] or [None] * len(pool["doc_ids"])
+    eligible = [i for i, (d, r) in enumerate(zip(pool["doc_ids"], ranks)) if d not in taken and m.in_window(r)]
+    # Best rank first, then doc id: the draw does not depend on the order candidates arrived in.
+    eligible.sort(key=lambda i: (ranks[i] if ranks[i] is not None else 0, pool["doc_ids"][i]))
+    if m.strategy == "random" and len(eligible) > count:
+        rng = stable_rng(seed, query_id, positive_id, m.source)
+        picked = set(rng.choice(len(eligible), size=count, replace=False).tolist())
+        eligible = [i for j, i in enumerate(eligible) if j in picked]
+    out = []
+    for i in eligible[:count]:
+        taken.add(pool["doc_ids"][i])
+        out.append(_negative(pool, i, ranks[i]))
+    return out
 
 
 def _negative(pool: Dict[str, Any], i: int, rank: Optional[int]) -> Dict[str, Any]:
@@ -109,11 +166,12 @@ def _negative(pool: Dict[str, Any], i: int, rank: Optional[int]) -> Dict[str, An
 
 
 class _Sample(beam.DoFn):
-    def __init__(self, seed: int, mix: Sequence[SourceMix]) -> None:
-        self.seed, self.mix = seed, list(mix)
+    def __init__(self, seed: int, mix: Sequence[SourceMix], policy: MixPolicy) -> None:
+        self.seed, self.mix, self.policy = seed, list(mix), policy
         self.wanted = sum(m.count for m in mix)
         self.rows = Metrics.counter("rows", "rows")
         self.short = Metrics.counter("rows", "rows_with_fewer_negatives_than_asked")
+        self.too_close = Metrics.counter("filter", "positive_aware_rejected_candidates")
         self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
 
     def process(self, element: Tuple[str, Dict[str, List[Any]]]) -> Iterator[Dict[str, Any]]:
@@ -123,10 +181,15 @@ class _Sample(beam.DoFn):
         (record,) = joined["record"]
         pools = {c["source"]: c for c in joined["candidates"]}
         pools.update({c["source"]: c for c in record.get("candidates", [])})
-        exclude = [p["doc_id"] for p in record["positives"]]
+        positive_scores = joined.get("positive_scores") or [{}]
+        positives = [p["doc_id"] for p in record["positives"]]
         with timed("sample"):
             for pos in record["positives"]:
-                negatives = sample_negatives(self.seed, record["query_id"], pos["doc_id"], exclude, pools, self.mix)
+                rejected = self.policy.too_close(pools, positive_scores[0].get(pos["doc_id"]))
+                self.too_close.inc(len(rejected))
+                negatives = sample_negatives(
+                    self.seed, record["query_id"], pos["doc_id"], positives + rejected, pools, self.mix, self.policy
+                )
                 self.rows.inc()
                 if len(negatives) < self.wanted:
                     self.short.inc()
@@ -136,17 +199,22 @@ class _Sample(beam.DoFn):
 
 
 class SampleNegatives(beam.PTransform):
-    """Join query records with every source's candidates and emit one row per (query, positive)."""
+    """Join query records with every source's candidates (and, for the positive-aware filter, the
+    positives' dense scores) and emit one row per (query, positive)."""
 
-    def __init__(self, seed: int, mix: Sequence[SourceMix]) -> None:
+    def __init__(self, seed: int, mix: Sequence[SourceMix], policy: MixPolicy = MixPolicy(),
+                 positive_scores: Optional[beam.PCollection] = None) -> None:
         super().__init__()
-        self.seed, self.mix = seed, mix
+        self.seed, self.mix, self.policy, self.positive_scores = seed, mix, policy, positive_scores
 
     def expand(self, inputs: Tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
         records, candidate_lists = inputs
         keyed = records | "KeyRecords" >> beam.Map(lambda r: (r["query_id"], r))
+        joined = {"record": keyed, "candidates": candidate_lists}
+        if self.positive_scores is not None:
+            joined["positive_scores"] = self.positive_scores
         return (
-            {"record": keyed, "candidates": candidate_lists}
+            joined
             | "GroupByQuery" >> beam.CoGroupByKey()
-            | "Sample" >> beam.ParDo(_Sample(self.seed, self.mix))
+            | "Sample" >> beam.ParDo(_Sample(self.seed, self.mix, self.policy))
         )

@@ -1,0 +1,150 @@
+"""What every triples pipeline shares: reading the corpus, the corpus-based negative sources,
+writing the outputs, the recorded run configuration, and running one pipeline to its stats.
+
+`mine` (labelled queries) and `pretext` (self-supervised pairs) differ only in where their query
+records come from; from the records on they wire the same transforms through these helpers, with
+the same transform labels, so a stage has one name in both pipelines' metrics and monitoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import time
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Type
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
+
+import tripleminer
+from tripleminer.index.bm25 import BM25Settings
+from tripleminer.io.readers import ReadRecords
+from tripleminer.io.writers import WriteDeadLetters, WriteTriples, prepare_output, write_stats
+from tripleminer.pipelines.stats import summarize
+from tripleminer.transforms.dedupe import DedupeById
+from tripleminer.transforms.negatives import GoldNegatives, RandomNegatives
+from tripleminer.transforms.retrieval import BM25Negatives, BuildBM25Index
+from tripleminer.transforms.sample import SourceMix
+
+log = logging.getLogger(__name__)
+
+# Negative sources drawn from the corpus alone, offered by every pipeline (see `corpus_negatives`).
+CORPUS_SOURCES = ("bm25", "gold", "random")
+
+
+# --------------------------------------------------------------------------------------------
+# Run configuration
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def option_names(options_class: Type[PipelineOptions]) -> FrozenSet[str]:
+    """The dests a pipeline's own options class declares (Beam's and the runner's are left out)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    options_class._add_argparse_args(parser)
+    return frozenset(a.dest for a in parser._actions)
+
+
+def run_config(o: PipelineOptions, options_class: Type[PipelineOptions]) -> Dict[str, Any]:
+    """The options that decide the output, recorded in every shard and in stats.json."""
+    names = option_names(options_class)
+    ours = {k: v for k, v in o.get_all_options().items() if k in names and k != "overwrite"}
+    return {"tripleminer_version": tripleminer.__version__, **dict(sorted(ours.items()))}
+
+
+# --------------------------------------------------------------------------------------------
+# Pipeline pieces
+# --------------------------------------------------------------------------------------------
+
+
+class Corpus(NamedTuple):
+    docs: beam.PCollection  # validated, deduplicated {doc_id, title, text}
+    ids: beam.pvalue.AsSingleton  # every doc id, as one list (for sampling and membership)
+    dead: List[beam.PCollection]  # dead letters of reading and deduplication
+
+
+def read_corpus(p: beam.Pipeline, pattern: str) -> Corpus:
+    """Read, validate and deduplicate the corpus (`--corpus`)."""
+    corpus = p | ReadRecords("corpus", pattern, "corpus")
+    unique = corpus["records"] | DedupeById("corpus", "doc_id")
+    docs = unique["records"]
+    ids = beam.pvalue.AsSingleton(
+        docs | "DocIds" >> beam.Map(lambda d: d["doc_id"]) | "AllDocIds" >> beam.combiners.ToList()
+    )
+    return Corpus(docs, ids, [corpus["dead"], unique["dead"]])
+
+
+def corpus_negatives(
+    records: beam.PCollection, docs: beam.PCollection, corpus_ids: beam.pvalue.AsSingleton,
+    per_source: Mapping[str, SourceMix], o: PipelineOptions,
+) -> List[beam.PCollection]:
+    """The candidate lists of the corpus-only sources the mix names: bm25, gold, random.
+
+    Each emits `(query_id, candidates)`; the query's positives are excluded (again) by the sampler.
+    """
+    lists = []
+    if "bm25" in per_source:
+        settings = BM25Settings(o.bm25_backend, o.bm25_k1, o.bm25_b, o.bm25_stemmer)
+        depth = o.bm25_depth or per_source["bm25"].rank_end or 100
+        index_dir = docs | "BuildBM25Index" >> BuildBM25Index(settings, o.work_dir)
+        lists.append(records | "BM25Negatives" >> BM25Negatives(index_dir, depth, o.query_batch_size))
+    if "gold" in per_source:
+        lists.append(records | "GoldNegatives" >> GoldNegatives(per_source["gold"].count, o.seed))
+    if "random" in per_source:
+        lists.append(records | "RandomNegatives" >> RandomNegatives(corpus_ids, per_source["random"].count, o.seed))
+    return lists
+
+
+def ntuple_size(o: PipelineOptions, mix: List[SourceMix]) -> int:
+    """N of the n-tuple layout: `--ntuple_negatives`, or the total count of the mix."""
+    return o.ntuple_negatives or sum(m.count for m in mix)
+
+
+def write_outputs(
+    rows: beam.PCollection, dead: List[beam.PCollection], o: PipelineOptions, mix: List[SourceMix],
+    config: Dict[str, Any],
+) -> None:
+    """Rows with texts -> Parquet shards under `--output` in `--output_format`; dead letters beside them."""
+    rows | "WriteTriples" >> WriteTriples(o.output, o.output_format, config, o.num_shards, ntuple_size(o, mix))
+    (
+        dead
+        | "AllDeadLetters" >> beam.Flatten()
+        | "CountDeadLetters" >> beam.Map(_count_dead)
+        | "WriteDeadLetters" >> WriteDeadLetters(o.output)
+    )
+
+
+def _count_dead(d: Dict[str, str]) -> Dict[str, str]:
+    Metrics.counter("dead_letter", d["input"]).inc()
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+Summarizer = Callable[[PipelineResult, Dict[str, Any], float], Dict[str, Any]]
+
+
+def execute(
+    options: PipelineOptions, output: str, overwrite: bool, build: Callable[[beam.Pipeline], None],
+    config: Dict[str, Any], summarizer: Summarizer = summarize,
+) -> Dict[str, Any]:
+    """Check the output folder, build and run the pipeline, write and return its stats."""
+    prepare_output(output, overwrite)
+    start = time.perf_counter()
+    p = beam.Pipeline(options=options)
+    build(p)
+    result = p.run()
+    result.wait_until_finish()
+    stats = summarizer(result, config, time.perf_counter() - start)
+    path = write_stats(output, stats)
+    log.info(
+        "wrote %d rows (negatives per source %s) in %.1fs; stats in %s",
+        stats["rows"], stats["negatives_per_source"], stats["wall_time_s"], path,
+    )
+    return stats
+
