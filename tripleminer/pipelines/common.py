@@ -12,7 +12,7 @@ import argparse
 import functools
 import logging
 import time
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Type
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple, Type
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -20,19 +20,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 import tripleminer
+from tripleminer.encoders import EncoderSettings, default_model
 from tripleminer.index.bm25 import BM25Settings
+from tripleminer.index.dense import AnnSettings
 from tripleminer.io.readers import ReadRecords
 from tripleminer.io.writers import WriteDeadLetters, WriteTriples, prepare_output, write_stats
 from tripleminer.pipelines.stats import summarize
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import GoldNegatives, RandomNegatives
-from tripleminer.transforms.retrieval import BM25Negatives, BuildBM25Index
-from tripleminer.transforms.sample import SourceMix
+from tripleminer.schemas.outputs import passage_text
+from tripleminer.transforms.embed import EmbedWithCache
+from tripleminer.transforms.retrieval import AnnNegatives, BM25Negatives, BuildAnnShards, BuildBM25Index, PositiveScores
+from tripleminer.transforms.sample import MixPolicy, SampleNegatives, SourceMix
 
 log = logging.getLogger(__name__)
 
 # Negative sources drawn from the corpus alone, offered by every pipeline (see `corpus_negatives`).
-CORPUS_SOURCES = ("bm25", "gold", "random")
+CORPUS_SOURCES = ("bm25", "ann", "gold", "random")
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,25 +81,97 @@ def read_corpus(p: beam.Pipeline, pattern: str) -> Corpus:
     return Corpus(docs, ids, [corpus["dead"], unique["dead"]])
 
 
+class Dense(NamedTuple):
+    """Unit vectors of the corpus and of the queries, from one encoder (ann source, positive-aware filter)."""
+
+    key: str  # identifies the encoder's vectors (index folders are named after it)
+    docs: beam.PCollection  # (doc_id, vector)
+    queries: beam.PCollection  # (query_id, vector)
+
+
+def encoder_settings(o: PipelineOptions) -> EncoderSettings:
+    return EncoderSettings(o.model or default_model(), o.max_seq_length, o.embed_backend, o.device, o.encode_batch_size)
+
+
+def embed(records: beam.PCollection, docs: beam.PCollection, o: PipelineOptions) -> Dense:
+    """Embed corpus and queries (through the embedding cache under `--work_dir`)."""
+    settings = encoder_settings(o)
+    batches = {"min_batch_size": o.embed_min_batch_size, "max_batch_size": o.embed_max_batch_size}
+    doc_vectors = (
+        docs
+        | "DocTexts" >> beam.Map(lambda d: (d["doc_id"], passage_text(d)))
+        | "EmbedDocs" >> EmbedWithCache(settings, "doc", o.work_dir, **batches)
+    )
+    query_vectors = (
+        records
+        | "QueryTexts" >> beam.Map(lambda r: (r["query_id"], r["query"]))
+        | "EmbedQueries" >> EmbedWithCache(settings, "query", o.work_dir, **batches)
+    )
+    return Dense(settings.key(), doc_vectors, query_vectors)
+
+
 def corpus_negatives(
     records: beam.PCollection, docs: beam.PCollection, corpus_ids: beam.pvalue.AsSingleton,
     per_source: Mapping[str, SourceMix], o: PipelineOptions,
-) -> List[beam.PCollection]:
-    """The candidate lists of the corpus-only sources the mix names: bm25, gold, random.
+) -> Tuple[List[beam.PCollection], Optional[Dense]]:
+    """The candidate lists of the corpus-only sources the mix names: bm25, ann, gold, random,
+    and the dense vectors when ann needed them (for the positive-aware filter).
 
-    Each emits `(query_id, candidates)`; the query's positives are excluded (again) by the sampler.
+    Each list emits `(query_id, candidates)`; the query's positives are excluded by the sampler.
     """
-    lists = []
+    lists, dense = [], None
     if "bm25" in per_source:
         settings = BM25Settings(o.bm25_backend, o.bm25_k1, o.bm25_b, o.bm25_stemmer)
         depth = o.bm25_depth or per_source["bm25"].rank_end or 100
         index_dir = docs | "BuildBM25Index" >> BuildBM25Index(settings, o.work_dir)
         lists.append(records | "BM25Negatives" >> BM25Negatives(index_dir, depth, o.query_batch_size))
+    if "ann" in per_source:
+        dense = embed(records, docs, o)
+        ann = AnnSettings(o.ann_index, o.ann_nprobe, o.ann_ef_search)
+        depth = o.ann_depth or per_source["ann"].rank_end or 500
+        shards = dense.docs | "BuildAnnShards" >> BuildAnnShards(ann, o.ann_shards, o.work_dir, dense.key)
+        lists.append(dense.queries | "AnnNegatives" >> AnnNegatives(shards, o.ann_shards, depth, o.query_batch_size))
     if "gold" in per_source:
         lists.append(records | "GoldNegatives" >> GoldNegatives(per_source["gold"].count, o.seed))
     if "random" in per_source:
         lists.append(records | "RandomNegatives" >> RandomNegatives(corpus_ids, per_source["random"].count, o.seed))
-    return lists
+    return lists, dense
+
+
+RANKED_SOURCES = ("impression", "bm25", "ann")
+
+
+def validate_mix(mix: List[SourceMix], offered: Tuple[str, ...]) -> None:
+    """Configuration errors of `--negatives` that every pipeline checks the same way."""
+    for m in mix:
+        if m.source not in offered:
+            raise ValueError(f"--negatives: unknown source {m.source!r}; this pipeline offers {', '.join(offered)}")
+        if m.rank_start is not None and m.source not in RANKED_SOURCES:
+            raise ValueError(f"--negatives: {m.source} is unranked, so it takes no rank window")
+
+
+def mix_policy(o: PipelineOptions, mix: List[SourceMix]) -> MixPolicy:
+    """The cross-source caps and filters; the positive-aware filter needs ann's dense scores."""
+    policy = MixPolicy(o.max_hard_negatives, o.easy_per_hard, o.pos_aware_ratio, o.pos_aware_margin)
+    if (policy.max_score_ratio is not None or policy.min_margin is not None) and "ann" not in {m.source for m in mix}:
+        raise ValueError("--pos_aware_ratio/--pos_aware_margin filter dense candidates: add ann to --negatives")
+    return policy
+
+
+def sample_rows(
+    p: beam.Pipeline, records: beam.PCollection, candidate_lists: List[beam.PCollection], mix: List[SourceMix],
+    o: PipelineOptions, dense: Optional[Dense],
+) -> beam.PCollection:
+    """Candidates -> filter -> sample: one row per (query, positive), doc ids only (texts come next)."""
+    policy = mix_policy(o, mix)
+    candidates = (
+        candidate_lists | "AllCandidates" >> beam.Flatten() if candidate_lists
+        else p | "NoCandidates" >> beam.Create([])
+    )
+    positive_scores = None
+    if dense is not None and (policy.max_score_ratio is not None or policy.min_margin is not None):
+        positive_scores = records | "PositiveScores" >> PositiveScores(dense.queries, dense.docs)
+    return (records, candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix, policy, positive_scores)
 
 
 def ntuple_size(o: PipelineOptions, mix: List[SourceMix]) -> int:

@@ -1,7 +1,8 @@
 """`tripleminer mine`: query log / qrels + corpus -> Parquet training triples.
 
-    read -> positives (clicks, qrels) -> candidates (impression, bm25, gold, random)
-         -> sample (per-source counts and rank windows, seeded per query) -> texts -> write
+    read -> positives (clicks, qrels) -> candidates (impression, bm25, ann, gold, random)
+         -> filter (positive-aware) -> sample (per-source counts, rank windows, caps, seeded per query)
+         -> texts -> write
 
 Run `python -m tripleminer.pipelines.mine --help` for every option. Any Beam runner option works
 on the same command line; the default is the local DirectRunner.
@@ -22,11 +23,11 @@ from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import ImpressionNegatives
 from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
-from tripleminer.transforms.sample import SampleNegatives, SourceMix, parse_mix
+from tripleminer.transforms.sample import SourceMix, parse_mix
 from tripleminer.transforms.texts import AttachTexts
 
 log = logging.getLogger(__name__)
-SOURCES = ("impression", "bm25", "gold", "random")
+SOURCES = ("impression",) + common.CORPUS_SOURCES
 
 
 def run_config(o: MineOptions) -> Dict[str, Any]:
@@ -38,13 +39,10 @@ def validate(o: MineOptions, mix: List[SourceMix]) -> None:
     """Configuration errors, before any work starts."""
     if not (o.qrels or o.query_log):
         raise ValueError("need labels: pass --qrels, --query_log, or both")
-    for m in mix:
-        if m.source not in SOURCES:
-            raise ValueError(f"--negatives: unknown source {m.source!r}; this pipeline offers {', '.join(SOURCES)}")
-        if m.source == "impression" and not o.query_log:
-            raise ValueError("--negatives: impression negatives need --query_log")
-        if m.rank_start is not None and m.source in ("gold", "random"):
-            raise ValueError(f"--negatives: {m.source} is unranked, so it takes no rank window")
+    common.validate_mix(mix, SOURCES)
+    common.mix_policy(o, mix)
+    if any(m.source == "impression" for m in mix) and not o.query_log:
+        raise ValueError("--negatives: impression negatives need --query_log")
     if o.output_format == "n-tuple" and (o.ntuple_negatives or sum(m.count for m in mix)) < 1:
         raise ValueError("--output_format n-tuple needs at least one negative per row")
 
@@ -95,11 +93,11 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     candidate_lists = []
     if "impression" in per_source:
         candidate_lists.append(pair_stats | "ImpressionNegatives" >> ImpressionNegatives(corpus_ids))
-    candidate_lists += common.corpus_negatives(records, docs, corpus_ids, per_source, o)  # bm25, gold, random
-    all_candidates = candidate_lists | "AllCandidates" >> beam.Flatten() if candidate_lists else p | "NoCandidates" >> beam.Create([])
+    corpus_lists, dense = common.corpus_negatives(records, docs, corpus_ids, per_source, o)  # bm25, ann, gold, random
+    candidate_lists += corpus_lists
 
-    # sample -> texts -> write
-    rows = (records, all_candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix)
+    # filter -> sample -> texts -> write
+    rows = common.sample_rows(p, records, candidate_lists, mix, o, dense)
     rows = rows | "AttachTexts" >> AttachTexts(docs)
     common.write_outputs(rows, dead, o, mix, run_config(o))
 

