@@ -26,7 +26,7 @@ from apache_beam.metrics import Metrics
 from tripleminer.index import bm25
 from tripleminer.pipelines import mine
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.retrieval import BM25Negatives, build_bm25_index
+from tripleminer.transforms.retrieval import BM25Negatives
 
 DEPTH = 100
 
@@ -74,12 +74,12 @@ def pipeline_bm25(index_dir: str, query_file: Path, argv: list) -> float:
     counted = Metrics.counter("bench", "queries_out")
     start = time.perf_counter()
     with beam.Pipeline(argv=argv) as p:
-        index = p | "IndexDir" >> beam.Create([index_dir])
+        index = p | "IndexDir" >> beam.Create([(0, index_dir)])
         (
             p
             | beam.io.ReadFromText(str(query_file))
             | beam.Map(to_record)
-            | BM25Negatives(index, DEPTH, batch_size=2048)
+            | BM25Negatives(index, 1, DEPTH, batch_size=2048)
             | beam.Map(lambda kv: counted.inc())
         )
     wall = time.perf_counter() - start
@@ -116,8 +116,8 @@ def main() -> None:
         raw = raw_bm25s(docs, texts)
         rows.append((f"raw bm25s, {n:,} queries, top-{DEPTH}", f"{raw:.1f} s", f"{n / raw:,.0f} q/s"))
         for backend in bm25.BACKENDS:
-            settings = bm25.BM25Settings(backend=backend)
-            index_dir = build_bm25_index(docs, settings, str(tmp / "work"))
+            index_dir = str(tmp / f"index-{backend}")
+            bm25.build([d["doc_id"] for d in docs], [passage_text(d) for d in docs], bm25.BM25Settings(backend=backend), index_dir)
             if backend == "bm25s":
                 for mode, argv in [("in-memory", []), ("2 workers", ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])]:
                     wall = pipeline_bm25(index_dir, query_file, argv)
@@ -127,7 +127,7 @@ def main() -> None:
                 few = base_queries[: args.rank_bm25_queries]
                 small = tmp / "few.jsonl"
                 small.write_text("".join(json.dumps(q) + "\n" for q in few))
-                index = bm25.load(index_dir)
+                index = bm25.BM25Shard(index_dir)
                 start = time.perf_counter()
                 index.search([q["text"] for q in few], DEPTH)
                 direct = time.perf_counter() - start

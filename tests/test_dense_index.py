@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tripleminer.index import dense
+from tripleminer.index.shards import merge_top_k, shard_of
 
 
 def _vectors(n, dim=32, seed=0):
@@ -14,7 +15,7 @@ def _vectors(n, dim=32, seed=0):
 def sharded_search(ids, vectors, queries, k, num_shards, settings, tmp_path):
     parts = [[] for _ in queries]
     for s in range(num_shards):
-        members = [i for i, d in enumerate(ids) if dense.shard_of(d, num_shards) == s]
+        members = [i for i, d in enumerate(ids) if shard_of(d, num_shards) == s]
         if not members:
             continue
         out = tmp_path / f"s{num_shards}-{s}"
@@ -22,7 +23,7 @@ def sharded_search(ids, vectors, queries, k, num_shards, settings, tmp_path):
         found, scores = dense.AnnShard(str(out)).search(queries, k)
         for q in range(len(queries)):
             parts[q].append((found[q], scores[q]))
-    return [dense.merge_top_k(p, k) for p in parts]
+    return [merge_top_k(p, k) for p in parts]
 
 
 @pytest.mark.parametrize("num_shards", [2, 3, 7])
@@ -39,9 +40,9 @@ def test_merged_shards_equal_single_exact_index(num_shards, tmp_path):
 
 
 def test_shard_assignment_is_stable_and_balanced():
-    counts = np.bincount([dense.shard_of(f"d{i}", 4) for i in range(4000)], minlength=4)
+    counts = np.bincount([shard_of(f"d{i}", 4) for i in range(4000)], minlength=4)
     assert counts.min() > 850
-    assert dense.shard_of("d17", 4) == dense.shard_of("d17", 4)
+    assert shard_of("d17", 4) == shard_of("d17", 4)
 
 
 def test_ivf_and_hnsw_settings(tmp_path):

@@ -1,9 +1,8 @@
-"""FAISS index shards: build one per shard of the corpus, search each, merge into the global top-k.
+"""FAISS index shards: one per shard of the corpus (see `shards`), searched with the same settings.
 
-The corpus is split by a stable hash of the doc id, so no worker needs the whole corpus. With an
-exact index (`Flat`) the merge of the shards' top-k is exactly the top-k of one index over the
-whole corpus; with approximate ones (`IVF...`, `HNSW...`) each shard is searched with the same
-settings. Vectors are L2-normalised, so inner product is cosine similarity.
+With an exact index (`Flat`) the merge of the shards' top-k is exactly the top-k of one index over
+the whole corpus; approximate ones (`IVF...`, `HNSW...`) trade that for speed on large corpora.
+Vectors are L2-normalised, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
@@ -11,11 +10,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from tripleminer.transforms.common import stable_seed
 
 _INDEX_FILE = "index.faiss"
 _IDS_FILE = "doc_ids.json"
@@ -35,11 +33,6 @@ class AnnSettings:
             faiss.index_factory(8, self.factory, faiss.METRIC_INNER_PRODUCT)
         except Exception as err:  # faiss raises RuntimeError with a C++ message
             raise ValueError(f"bad FAISS factory string {self.factory!r}: {err}") from None
-
-
-def shard_of(doc_id: str, num_shards: int) -> int:
-    """The index shard a document lives in: stable across runs, workers and Python versions."""
-    return stable_seed("ann-shard", doc_id) % num_shards
 
 
 def build(doc_ids: Sequence[str], vectors: np.ndarray, settings: AnnSettings, out_dir: str) -> None:
@@ -88,21 +81,10 @@ class AnnShard:
         if hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = settings.ef_search
 
-    def search(self, queries: np.ndarray, k: int) -> Tuple[List[List[str]], np.ndarray]:
+    def search(self, queries: Sequence[Any], k: int) -> Tuple[List[List[str]], List[List[float]]]:
+        """Top-k doc ids and cosines for each query vector (fewer where an approximate index finds fewer)."""
         k = min(k, len(self.doc_ids))
-        if k == 0:
-            return [[] for _ in range(len(queries))], np.zeros((len(queries), 0), dtype=np.float32)
-        scores, positions = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        matrix = np.ascontiguousarray(np.stack([np.asarray(q, dtype=np.float32) for q in queries]))
+        scores, positions = self.index.search(matrix, k)
         ids = [[self.doc_ids[p] for p in row if p >= 0] for row in positions]
-        return ids, scores
-
-
-def merge_top_k(parts: Sequence[Tuple[Sequence[str], Sequence[float]]], k: int) -> Tuple[List[str], List[float]]:
-    """Merge per-shard (ids, scores) lists of one query into the global top-k.
-
-    Ties break by doc id, so the merged order does not depend on which shard answered first.
-    """
-    pooled = [(float(s), d) for ids, scores in parts for d, s in zip(ids, scores)]
-    pooled.sort(key=lambda t: (-t[0], t[1]))
-    top = pooled[:k]
-    return [d for _, d in top], [s for s, _ in top]
+        return ids, [row[: len(found)].tolist() for row, found in zip(scores, ids)]

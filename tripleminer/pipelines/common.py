@@ -30,7 +30,8 @@ from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import GoldNegatives, RandomNegatives
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.embed import EmbedWithCache
-from tripleminer.transforms.retrieval import AnnNegatives, BM25Negatives, BuildAnnShards, BuildBM25Index, PositiveScores
+from tripleminer.transforms.retrieval import (BM25Negatives, BuildAnnShards, BuildBM25Shards, PositiveScores,
+                                               ShardedSearch)
 from tripleminer.transforms.sample import MixPolicy, SampleNegatives, SourceMix
 
 log = logging.getLogger(__name__)
@@ -123,14 +124,14 @@ def corpus_negatives(
     if "bm25" in per_source:
         settings = BM25Settings(o.bm25_backend, o.bm25_k1, o.bm25_b, o.bm25_stemmer)
         depth = o.bm25_depth or per_source["bm25"].rank_end or 100
-        index_dir = docs | "BuildBM25Index" >> BuildBM25Index(settings, o.work_dir)
-        lists.append(records | "BM25Negatives" >> BM25Negatives(index_dir, depth, o.query_batch_size))
+        shards = docs | "BuildBM25Shards" >> BuildBM25Shards(settings, o.bm25_shards, o.work_dir)
+        lists.append(records | "BM25Negatives" >> BM25Negatives(shards, o.bm25_shards, depth, o.query_batch_size))
     if "ann" in per_source:
         dense = embed(records, docs, o)
         ann = AnnSettings(o.ann_index, o.ann_nprobe, o.ann_ef_search)
         depth = o.ann_depth or per_source["ann"].rank_end or 500
         shards = dense.docs | "BuildAnnShards" >> BuildAnnShards(ann, o.ann_shards, o.work_dir, dense.key)
-        lists.append(dense.queries | "AnnNegatives" >> AnnNegatives(shards, o.ann_shards, depth, o.query_batch_size))
+        lists.append(dense.queries | "AnnNegatives" >> ShardedSearch("ann", shards, o.ann_shards, depth, o.query_batch_size))
     if "gold" in per_source:
         lists.append(records | "GoldNegatives" >> GoldNegatives(per_source["gold"].count, o.seed))
     if "random" in per_source:

@@ -58,6 +58,8 @@ def add_bm25_arguments(group: Any) -> None:
     add_argument_once(group, "--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
     add_argument_once(group, "--bm25_stemmer", default="english",
                       help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
+    add_argument_once(group, "--bm25_shards", type=int, default=1,
+                      help="BM25 index shards (by a stable hash of doc id), all scored with corpus-wide statistics, so merged results equal one index's.")
     add_argument_once(group, "--bm25_depth", type=int, default=None,
                       help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
     add_argument_once(group, "--query_batch_size", type=int, default=512,

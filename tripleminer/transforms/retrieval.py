@@ -1,19 +1,21 @@
-"""Ranked candidate negatives: BM25 and dense (ANN) retrieval over the corpus, in query batches.
+"""Ranked candidate negatives (bm25, ann) through one mechanism: shard, fan out, merge.
 
-Indices are built by workers, written under the work directory (any Beam filesystem) in folders
-named by a hash of their content and settings, and reused by later runs that hash the same.
-Searching workers load them once each and answer whole batches of queries at a time.
+The corpus is split into S shards by a stable hash of the doc id; one worker builds each shard's
+index and writes it under the work directory (any Beam filesystem), in a folder named by a hash of
+its content and settings, so later runs that hash the same reuse it. Query batches fan out to every
+shard, each shard returns its top-k, and a per-query merge gives the global top-k: exact for exact
+indices (BM25 shards score with corpus-wide statistics, computed once). S=1 is the plain local case.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import logging
 import os
+import shutil
 import tempfile
-import time
 from dataclasses import asdict
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -21,197 +23,216 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from tripleminer.index import bm25, dense
+from tripleminer.index.shards import merge_top_k, shard_of
 from tripleminer.io.fs import is_local, local_copy, upload_dir
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.common import candidates, timed
 
-log = logging.getLogger(__name__)
+_MARKER = {"bm25": "tripleminer_bm25.json", "ann": "tripleminer_ann.json"}
 
 
-def corpus_fingerprint(docs: Sequence[Dict[str, Any]]) -> str:
-    """A hash of the corpus content in doc-id order: equal corpora share cached indices."""
-    h = hashlib.blake2b(digest_size=12)
-    for doc in sorted(docs, key=lambda d: d["doc_id"]):
-        h.update(doc["doc_id"].encode() + b"\x1f" + passage_text(doc).encode() + b"\x1e")
-    return h.hexdigest()
+def _settings_key(*parts: Any) -> str:
+    return hashlib.blake2b(repr(parts).encode(), digest_size=6).hexdigest()
 
 
-def build_bm25_index(docs: List[Dict[str, Any]], settings: bm25.BM25Settings, work_dir: str) -> str:
-    """Build (or find in the cache) the BM25 index of `docs`; returns its directory."""
-    key = hashlib.blake2b(repr(sorted(asdict(settings).items())).encode(), digest_size=6).hexdigest()
-    index_dir = FileSystems.join(work_dir, "indices", f"bm25-{key}-{corpus_fingerprint(docs)}")
-    if FileSystems.exists(FileSystems.join(index_dir, "tripleminer_bm25.json")):
-        log.info("BM25 index cached at %s", index_dir)
+def publish_shard(kind: str, work_dir: str, settings_key: str, shard: int, content: "hashlib._Hash",
+                  build: Callable[[str], None]) -> str:
+    """Build a shard's index with `build(local_dir)` unless an identical one is already published;
+    returns its folder. Written to a temporary folder first and moved or uploaded when complete,
+    so a crashed build never looks finished."""
+    index_dir = FileSystems.join(work_dir, "indices", f"{kind}-{settings_key}", f"shard-{shard}-{content.hexdigest()}")
+    if FileSystems.exists(FileSystems.join(index_dir, _MARKER[kind])):
         return index_dir
-    start = time.perf_counter()
-    docs = sorted(docs, key=lambda d: d["doc_id"])
-    local = index_dir if is_local(index_dir) else tempfile.mkdtemp(prefix="tripleminer-bm25-")
-    tmp = local + ".tmp" if is_local(index_dir) else local
-    bm25.build([d["doc_id"] for d in docs], [passage_text(d) for d in docs], settings, tmp)
-    if is_local(index_dir):
-        os.replace(tmp, index_dir)  # atomic: a crashed build never looks finished
-    else:
-        upload_dir(local, index_dir)
-    Metrics.counter("time", "bm25_index_build_ms").inc(int((time.perf_counter() - start) * 1000))
-    log.info("BM25 index of %d documents built in %.1fs at %s", len(docs), time.perf_counter() - start, index_dir)
+    with timed(f"{kind}_index_build"):
+        if is_local(index_dir):  # build beside the final folder, then rename (same filesystem: atomic)
+            parent = os.path.dirname(index_dir)
+            os.makedirs(parent, exist_ok=True)
+            local = tempfile.mkdtemp(prefix=".building-", dir=parent)
+            build(local)
+            try:
+                os.replace(local, index_dir)
+            except OSError:  # another worker published the same shard first
+                shutil.rmtree(local, ignore_errors=True)
+        else:
+            local = tempfile.mkdtemp(prefix=f"tripleminer-{kind}-")
+            build(local)
+            upload_dir(local, index_dir)
     return index_dir
 
 
-class BuildBM25Index(beam.PTransform):
-    """Corpus -> a one-element PCollection holding the index directory (use it as a side input)."""
+class _AssignShards(beam.PTransform):
+    """(doc_id, payload) -> (shard, [(doc_id, payload), ...]) in doc-id order."""
 
-    def __init__(self, settings: bm25.BM25Settings, work_dir: str) -> None:
+    def __init__(self, num_shards: int) -> None:
         super().__init__()
-        self.settings, self.work_dir = settings, work_dir
+        self.num_shards = num_shards
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        n = self.num_shards
+        return (
+            items
+            | "AssignShard" >> beam.Map(lambda kv: (shard_of(kv[0], n), kv))
+            | "GroupShard" >> beam.GroupByKey()
+            | "SortShard" >> beam.MapTuple(lambda shard, kvs: (shard, sorted(kvs, key=lambda kv: kv[0])))
+        )
+
+
+# --- BM25 ------------------------------------------------------------------------------------
+
+
+def _batch_stats(batch: List[Dict[str, Any]], stemmer: str) -> bm25.CorpusStats:
+    return bm25.CorpusStats.of(bm25.analyze([passage_text(d) for d in batch], stemmer))
+
+
+def _merge_stats(parts: Iterable[bm25.CorpusStats]) -> bm25.CorpusStats:
+    return functools.reduce(bm25.CorpusStats.merge, parts, bm25.CorpusStats())
+
+
+def build_bm25_shard(element: Tuple[int, List[Tuple[str, str]]], settings: bm25.BM25Settings,
+                     stats: bm25.CorpusStats, work_dir: str) -> Tuple[int, str]:
+    shard, items = element
+    ids, texts = [d for d, _ in items], [t for _, t in items]
+    content = hashlib.blake2b(digest_size=10)
+    content.update(repr((stats.n_docs, stats.total_len)).encode())
+    for doc_id, text in items:
+        content.update(doc_id.encode() + b"\x1f" + text.encode() + b"\x1e")
+    key = _settings_key(sorted(asdict(settings).items()))
+    return shard, publish_shard("bm25", work_dir, key, shard, content,
+                                lambda local: bm25.build(ids, texts, settings, local, stats))
+
+
+class BuildBM25Shards(beam.PTransform):
+    """Corpus -> (shard, index dir) for each of S shards, all scored with corpus-wide statistics."""
+
+    def __init__(self, settings: bm25.BM25Settings, num_shards: int, work_dir: str) -> None:
+        super().__init__()
+        self.settings, self.num_shards, self.work_dir = settings, num_shards, work_dir
 
     def expand(self, docs: beam.PCollection) -> beam.PCollection:
+        stats = (
+            docs
+            | "BatchDocs" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
+            | "BatchStats" >> beam.Map(_batch_stats, self.settings.stemmer)
+            | "CorpusStats" >> beam.CombineGlobally(_merge_stats)
+        )
         return (
             docs
-            | "CollectCorpus" >> beam.combiners.ToList()
-            | "BuildIndex" >> beam.Map(build_bm25_index, self.settings, self.work_dir)
+            | "DocTexts" >> beam.Map(lambda d: (d["doc_id"], passage_text(d)))
+            | "Shards" >> _AssignShards(self.num_shards)
+            | "BuildShard" >> beam.Map(build_bm25_shard, self.settings, beam.pvalue.AsSingleton(stats), self.work_dir)
         )
 
 
-class _SearchBatch(beam.DoFn):
-    """Search a batch of queries; keep each query's top `depth` minus its positives, with ranks."""
-
-    def __init__(self, source: str, depth: int) -> None:
-        self.source, self.depth = source, depth
-        self._index_dir = None
-        self._index = None
-        self.queries = Metrics.counter("retrieval", f"{source}_queries")
-        self.no_match = Metrics.counter("retrieval", f"{source}_queries_without_match")
-
-    def _load(self, index_dir: str) -> Any:
-        if self._index_dir != index_dir:
-            self._index = bm25.load(local_copy(index_dir))
-            self._index_dir = index_dir
-        return self._index
-
-    def process(self, batch: List[Dict[str, Any]], index_dir: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
-        index = self._load(index_dir)
-        with timed(f"{self.source}_search"):
-            docs, scores = index.search([r["query"] for r in batch], self.depth)
-        self.queries.inc(len(batch))
-        for record, row_docs, row_scores in zip(batch, docs, scores):
-            positives = {p["doc_id"] for p in record["positives"]}
-            kept = [
-                (index.doc_ids[d], rank, float(s))
-                for rank, (d, s) in enumerate(zip(row_docs, row_scores), start=1)
-                if s > 0 and index.doc_ids[d] not in positives  # a zero score means no term matched
-            ]
-            if not kept:
-                self.no_match.inc()
-                continue
-            ids, ranks, vals = zip(*kept)
-            yield record["query_id"], candidates(self.source, ids, ranks=ranks, scores=vals)
+# --- dense (ANN) -----------------------------------------------------------------------------
 
 
-class BM25Negatives(beam.PTransform):
-    """Query records -> (query_id, BM25 candidates from ranks 1..depth, positives removed)."""
-
-    def __init__(self, index_dir: beam.PCollection, depth: int, batch_size: int = 512) -> None:
-        super().__init__()
-        self.index_dir, self.depth, self.batch_size = index_dir, depth, batch_size
-
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return (
-            records
-            | "Batch" >> beam.BatchElements(min_batch_size=min(64, self.batch_size), max_batch_size=self.batch_size)
-            | "Search" >> beam.ParDo(_SearchBatch("bm25", self.depth), beam.pvalue.AsSingleton(self.index_dir))
-        )
-
-
-# --- dense (ANN) retrieval: S index shards by doc-id hash, fan-out search, exact per-query merge ---
-
-
-def build_ann_shard(element: Tuple[int, Iterable[Tuple[str, Any]]], settings: dense.AnnSettings, work_dir: str, model_key: str) -> Tuple[int, str]:
-    """Build one shard's FAISS index (or find it cached: the folder name hashes its content)."""
+def build_ann_shard(element: Tuple[int, List[Tuple[str, Any]]], settings: dense.AnnSettings,
+                    work_dir: str, model_key: str) -> Tuple[int, str]:
     shard, items = element
-    items = sorted(items, key=lambda kv: kv[0])
     ids = [doc_id for doc_id, _ in items]
     vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in items])
-    settings_key = hashlib.blake2b(repr((model_key, sorted(asdict(settings).items()))).encode(), digest_size=6)
     content = hashlib.blake2b("\x1f".join(ids).encode(), digest_size=10)
     content.update(vectors.tobytes())
-    index_dir = FileSystems.join(
-        work_dir, "indices", f"ann-{settings_key.hexdigest()}", f"shard-{shard}-{content.hexdigest()}"
-    )
-    if not FileSystems.exists(FileSystems.join(index_dir, "tripleminer_ann.json")):
-        with timed("ann_index_build"):
-            local = tempfile.mkdtemp(prefix="tripleminer-ann-")
-            dense.build(ids, vectors, settings, local)
-            upload_dir(local, index_dir)
-    return shard, index_dir
+    key = _settings_key(model_key, sorted(asdict(settings).items()))
+    return shard, publish_shard("ann", work_dir, key, shard, content,
+                                lambda local: dense.build(ids, vectors, settings, local))
 
 
 class BuildAnnShards(beam.PTransform):
-    """(doc_id, vector) -> (shard, index dir) for each of `num_shards` shards; use as an AsDict side input."""
+    """(doc_id, vector) -> (shard, FAISS index dir) for each of S shards."""
 
     def __init__(self, settings: dense.AnnSettings, num_shards: int, work_dir: str, model_key: str) -> None:
         super().__init__()
         self.settings, self.num_shards, self.work_dir, self.model_key = settings, num_shards, work_dir, model_key
 
     def expand(self, doc_vectors: beam.PCollection) -> beam.PCollection:
-        n = self.num_shards
         return (
             doc_vectors
-            | "AssignShard" >> beam.Map(lambda kv: (dense.shard_of(kv[0], n), kv))
-            | "GroupShard" >> beam.GroupByKey()
+            | "Shards" >> _AssignShards(self.num_shards)
             | "BuildShard" >> beam.Map(build_ann_shard, self.settings, self.work_dir, self.model_key)
         )
 
 
-class _SearchShard(beam.DoFn):
-    """Search one shard with a batch of query vectors; shards load once per worker."""
+# --- search: fan out to every shard, merge per query ----------------------------------------
 
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-        self._shards: Dict[str, dense.AnnShard] = {}
+LOADERS = {"bm25": bm25.BM25Shard, "ann": dense.AnnShard}
+
+
+class _SearchShard(beam.DoFn):
+    """Search one shard with a batch of queries; each shard loads once per worker."""
+
+    def __init__(self, source: str, depth: int) -> None:
+        self.source, self.depth = source, depth
+        self._loaded: Dict[str, Any] = {}
+        self.queries = Metrics.counter("retrieval", f"{source}_shard_queries")
 
     def process(self, element: Tuple[int, List[Tuple[str, Any]]], shard_dirs: Dict[int, str]) -> Iterator[Tuple[str, Tuple[List[str], List[float]]]]:
         shard, batch = element
-        if shard not in shard_dirs:  # a shard with no documents (tiny corpora)
+        if shard not in shard_dirs:  # no document hashed to this shard (tiny corpora)
             return
         index_dir = shard_dirs[shard]
-        if index_dir not in self._shards:
-            self._shards[index_dir] = dense.AnnShard(local_copy(index_dir))
-        qids = [qid for qid, _ in batch]
-        with timed("ann_search"):
-            ids, scores = self._shards[index_dir].search(np.stack([v for _, v in batch]), self.depth)
-        for qid, row_ids, row_scores in zip(qids, ids, scores):
-            yield qid, (row_ids, row_scores[: len(row_ids)].tolist())
+        if index_dir not in self._loaded:
+            self._loaded[index_dir] = LOADERS[self.source](local_copy(index_dir))
+        with timed(f"{self.source}_search"):
+            ids, scores = self._loaded[index_dir].search([payload for _, payload in batch], self.depth)
+        self.queries.inc(len(batch))
+        for (qid, _), row_ids, row_scores in zip(batch, ids, scores):
+            yield qid, (row_ids, row_scores)
 
 
-def _merge_ann(element: Tuple[str, Iterable[Tuple[List[str], List[float]]]], depth: int) -> Iterator[Tuple[str, Dict[str, Any]]]:
-    qid, parts = element
-    ids, scores = dense.merge_top_k(list(parts), depth)
-    if ids:
-        yield qid, candidates("ann", ids, ranks=range(1, len(ids) + 1), scores=scores)
+class _Merge(beam.DoFn):
+    def __init__(self, source: str, depth: int, min_score: Optional[float]) -> None:
+        self.source, self.depth, self.min_score = source, depth, min_score
+        self.no_match = Metrics.counter("retrieval", f"{source}_queries_without_match")
+
+    def process(self, element: Tuple[str, Iterable[Tuple[List[str], List[float]]]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        qid, parts = element
+        ids, scores = merge_top_k(list(parts), self.depth)
+        ranked = [(d, r, s) for r, (d, s) in enumerate(zip(ids, scores), start=1)
+                  if self.min_score is None or s > self.min_score]
+        if not ranked:
+            self.no_match.inc()
+            return
+        doc_ids, ranks, vals = zip(*ranked)
+        yield qid, candidates(self.source, doc_ids, ranks=ranks, scores=vals)
 
 
-class AnnNegatives(beam.PTransform):
-    """(query_id, query vector) -> (query_id, ANN candidates, ranks 1..depth of the merged ranking).
+class ShardedSearch(beam.PTransform):
+    """(query_id, query payload) -> (query_id, candidates of `source`, ranks 1..depth of the merged ranking).
 
-    Each query batch fans out to every shard; a per-query merge of the shards' top-`depth` gives
-    the exact global top-`depth` for exact indices. Positives stay in the ranking (so ranks are
-    the model's) and are excluded by the sampler.
+    Positives stay in the ranking, so ranks are the retriever's own; the sampler excludes them.
+    `min_score` drops results at or below it (a BM25 score of 0 means no query term matched).
     """
+
+    def __init__(self, source: str, shard_dirs: beam.PCollection, num_shards: int, depth: int,
+                 batch_size: int = 512, min_score: Optional[float] = None) -> None:
+        super().__init__()
+        if source not in LOADERS:
+            raise ValueError(f"unknown ranked source {source!r}")
+        self.source, self.shard_dirs, self.num_shards, self.depth = source, shard_dirs, num_shards, depth
+        self.batch_size, self.min_score = batch_size, min_score
+
+    def expand(self, queries: beam.PCollection) -> beam.PCollection:
+        n = self.num_shards
+        return (
+            queries
+            | "Batch" >> beam.BatchElements(min_batch_size=min(64, self.batch_size), max_batch_size=self.batch_size)
+            | "FanOut" >> beam.FlatMap(lambda batch: [(s, batch) for s in range(n)])
+            | "SearchShard" >> beam.ParDo(_SearchShard(self.source, self.depth), beam.pvalue.AsDict(self.shard_dirs))
+            | "GroupByQuery" >> beam.GroupByKey()
+            | "Merge" >> beam.ParDo(_Merge(self.source, self.depth, self.min_score))
+        )
+
+
+class BM25Negatives(beam.PTransform):
+    """Query records -> (query_id, bm25 candidates) from the shards in `shard_dirs`."""
 
     def __init__(self, shard_dirs: beam.PCollection, num_shards: int, depth: int, batch_size: int = 512) -> None:
         super().__init__()
-        self.shard_dirs, self.num_shards, self.depth, self.batch_size = shard_dirs, num_shards, depth, batch_size
+        self.search = ShardedSearch("bm25", shard_dirs, num_shards, depth, batch_size, min_score=0.0)
 
-    def expand(self, query_vectors: beam.PCollection) -> beam.PCollection:
-        n, depth = self.num_shards, self.depth
-        return (
-            query_vectors
-            | "Batch" >> beam.BatchElements(min_batch_size=min(64, self.batch_size), max_batch_size=self.batch_size)
-            | "FanOut" >> beam.FlatMap(lambda batch: [(s, batch) for s in range(n)])
-            | "SearchShard" >> beam.ParDo(_SearchShard(depth), beam.pvalue.AsDict(self.shard_dirs))
-            | "GroupByQuery" >> beam.GroupByKey()
-            | "Merge" >> beam.FlatMap(_merge_ann, depth)
-        )
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        return records | "QueryText" >> beam.Map(lambda r: (r["query_id"], r["query"])) | "Search" >> self.search
 
 
 class PositiveScores(beam.PTransform):
