@@ -40,7 +40,8 @@ class ClickPositives(beam.PTransform):
         def to_positive(item: Tuple[Tuple[str, str], Dict[str, int]]) -> Iterator[Tuple[str, Dict[str, Any]]]:
             (qid, doc_id), s = item
             if s["clicks"] == 0:
-                return  # never clicked: an impression-negative candidate, not a positive
+                # never clicked: an impression-negative candidate, not a positive
+                return
             ctr = s["clicks"] / s["impressions"]
             if s["clicks"] < self.min_clicks or ctr < self.min_ctr:
                 below.inc()

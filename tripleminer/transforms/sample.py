@@ -177,7 +177,8 @@ class _Sample(beam.DoFn):
     def process(self, element: Tuple[str, Dict[str, List[Any]]]) -> Iterator[Dict[str, Any]]:
         _, joined = element
         if not joined["record"]:
-            return  # candidates of a query that has no record (e.g. no positive): nothing to build
+            # candidates of a query that has no record (e.g. no positive): nothing to build
+            return
         (record,) = joined["record"]
         pools = {c["source"]: c for c in joined["candidates"]}
         pools.update({c["source"]: c for c in record.get("candidates", [])})
