@@ -86,4 +86,5 @@ def test_positive_aware_filter(mined, slice_dir):
     for r in rows:
         q = vectors[text_key("query", r["query"])]
         pos_score = float(q @ vectors[text_key("doc", passage_text(docs[r["positive"]["doc_id"]]))])
+        assert r["positive"]["score"] == pytest.approx(pos_score, abs=1e-5)  # kept in the row
         assert all(n["score"] <= 0.9 * pos_score + 1e-6 for n in r["negatives"])

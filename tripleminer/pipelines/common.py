@@ -169,9 +169,8 @@ def sample_rows(
         candidate_lists | "AllCandidates" >> beam.Flatten() if candidate_lists
         else p | "NoCandidates" >> beam.Create([])
     )
-    positive_scores = None
-    if dense is not None and (policy.max_score_ratio is not None or policy.min_margin is not None):
-        positive_scores = records | "PositiveScores" >> PositiveScores(dense.queries, dense.docs)
+    # The positives' dense scores feed the positive-aware filter and are kept in the rows.
+    positive_scores = None if dense is None else records | "PositiveScores" >> PositiveScores(dense.queries, dense.docs)
     return (records, candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix, policy, positive_scores)
 
 

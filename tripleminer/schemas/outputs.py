@@ -29,6 +29,8 @@ POSITIVE_TYPE = pa.struct(
         pa.field("clicks", pa.int64()),  # aggregated over sessions, if from a log
         pa.field("impressions", pa.int64()),
         pa.field("ctr", pa.float64()),
+        pa.field("score", pa.float64()),  # dense (bi-encoder) score of (query, positive), if computed
+        pa.field("ce_score", pa.float64()),  # cross-encoder probability of relevance, if scored
     ]
 )
 

@@ -21,7 +21,7 @@ SOURCE_PRIORITY = ("qrel", "click")  # a pair found by both keeps one row, label
 
 def positive(doc_id: str, source: str, **fields: Any) -> Dict[str, Any]:
     out = {"doc_id": doc_id, "title": None, "text": None, "source": source,
-           "label": None, "clicks": None, "impressions": None, "ctr": None}
+           "label": None, "clicks": None, "impressions": None, "ctr": None, "score": None, "ce_score": None}
     out.update(fields)
     return out
 

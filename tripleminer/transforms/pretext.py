@@ -24,6 +24,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from tripleminer.schemas.inputs import validate_doc
 from tripleminer.transforms import text_units
+from tripleminer.transforms.positives import positive
 from tripleminer.transforms.common import candidates, stable_seed
 
 ICT, CROP, SPAN, SAME_DOC, AUGMENT = "ict", "crop", "span", "same_doc", "augment"
@@ -74,14 +75,13 @@ class _Recipe(NamedTuple):
 
 def _record(source: str, doc: Doc, k: int, draw: _Draw) -> Record:
     doc_id = doc["doc_id"]
-    positive = {"doc_id": doc_id, "title": draw.title, "text": draw.positive, "source": source,
-                "label": None, "clicks": None, "impressions": None, "ctr": None}
+    pos = positive(doc_id, source, title=draw.title, text=draw.positive)
     pools = []
     if draw.negatives:
         ids = [f"{doc_id}#p{i}" for i, _ in draw.negatives]
         texts = [text for _, text in draw.negatives]
         pools.append(candidates(SAME_DOC, ids, titles=[draw.title] * len(ids), texts=texts))
-    return {"query_id": f"{source}:{doc_id}:{k}", "query": draw.query, "positives": [positive],
+    return {"query_id": f"{source}:{doc_id}:{k}", "query": draw.query, "positives": [pos],
             "candidates": pools}
 
 

@@ -186,7 +186,10 @@ class _Sample(beam.DoFn):
         positives = [p["doc_id"] for p in record["positives"]]
         with timed("sample"):
             for pos in record["positives"]:
-                rejected = self.policy.too_close(pools, positive_scores[0].get(pos["doc_id"]))
+                dense_score = positive_scores[0].get(pos["doc_id"])
+                if dense_score is not None:
+                    pos = dict(pos, score=dense_score)
+                rejected = self.policy.too_close(pools, dense_score)
                 self.too_close.inc(len(rejected))
                 negatives = sample_negatives(
                     self.seed, record["query_id"], pos["doc_id"], positives + rejected, pools, self.mix, self.policy
