@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mine": ("tripleminer.pipelines.mine", "main", "query log / qrels + corpus -> Parquet training triples (Beam)"),
     "pretext": ("tripleminer.pipelines.pretext", "main", "bare corpus -> self-supervised Parquet training triples (ICT, crop, span; Beam)"),
+    "report": ("tripleminer.report", "main", "HTML page with plots of a mining run's output"),
 }
 
 
