@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence
 
 import numpy as np
 from apache_beam.metrics import Metrics
+
+log = logging.getLogger("tripleminer.progress")
 
 
 def stable_seed(*parts: Any) -> int:
@@ -76,3 +79,22 @@ def timed(stage: str) -> Iterator[None]:
         yield
     finally:
         Metrics.counter("time", f"{stage}_ms").inc(int((time.perf_counter() - start) * 1000))
+
+
+class Progress:
+    """Logs a stage's running count from inside a DoFn, at most every `every_s` seconds, so long
+    local runs show where they are (each worker logs its own share)."""
+
+    def __init__(self, stage: str, unit: str, every_s: float = 15.0) -> None:
+        self.stage, self.unit, self.every_s = stage, unit, every_s
+        self.done = 0
+        self.start = self.last = None
+
+    def add(self, n: int = 1) -> None:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = self.last = now
+        self.done += n
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.info("%s: %d %s so far (%.0f/s)", self.stage, self.done, self.unit, self.done / max(now - self.start, 1e-9))

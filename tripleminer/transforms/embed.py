@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from tripleminer.encoders import Encoder, EncoderSettings
-from tripleminer.transforms.common import timed
+from tripleminer.transforms.common import Progress, timed
 
 log = logging.getLogger(__name__)
 MISS = "miss"
@@ -42,12 +42,14 @@ class _Encode(beam.DoFn):
 
     def setup(self) -> None:
         self.encoder = Encoder(self.settings)
+        self.progress = Progress(f"embed {self.role}s", "texts")
 
     def process(self, batch: List[Tuple[str, str]]) -> Iterator[Tuple[str, np.ndarray]]:
         keys, texts = zip(*batch)
         with timed(f"embed_{self.role}"):
             vectors = self.encoder.encode(list(texts))
         self.texts.inc(len(texts))
+        self.progress.add(len(texts))
         yield from zip(keys, vectors)
 
 

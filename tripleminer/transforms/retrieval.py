@@ -26,7 +26,7 @@ from tripleminer.index import bm25, dense
 from tripleminer.index.shards import merge_top_k, shard_of
 from tripleminer.io.fs import is_local, local_copy, upload_dir
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.common import candidates, timed
+from tripleminer.transforms.common import Progress, candidates, timed
 
 _MARKER = {"bm25": "tripleminer_bm25.json", "ann": "tripleminer_ann.json"}
 
@@ -165,6 +165,7 @@ class _SearchShard(beam.DoFn):
         self.source, self.depth = source, depth
         self._loaded: Dict[str, Any] = {}
         self.queries = Metrics.counter("retrieval", f"{source}_shard_queries")
+        self.progress = Progress(f"{source} search", "query-shard pairs")
 
     def process(self, element: Tuple[int, List[Tuple[str, Any]]], shard_dirs: Dict[int, str]) -> Iterator[Tuple[str, Tuple[List[str], List[float]]]]:
         shard, batch = element
@@ -176,6 +177,7 @@ class _SearchShard(beam.DoFn):
         with timed(f"{self.source}_search"):
             ids, scores = self._loaded[index_dir].search([payload for _, payload in batch], self.depth)
         self.queries.inc(len(batch))
+        self.progress.add(len(batch))
         for (qid, _), row_ids, row_scores in zip(batch, ids, scores):
             yield qid, (row_ids, row_scores)
 

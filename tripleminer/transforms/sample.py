@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tripleminer.transforms.common import stable_rng, timed
+from tripleminer.transforms.common import Progress, stable_rng, timed
 
 STRATEGIES = ("random", "top")
 _SPEC = re.compile(r"^(?P<source>[a-z][a-z0-9_]*):(?P<count>\d+)(?:@(?P<start>\d+)-(?P<end>\d+))?(?:/(?P<strategy>[a-z]+))?$")
@@ -173,6 +173,7 @@ class _Sample(beam.DoFn):
         self.short = Metrics.counter("rows", "rows_with_fewer_negatives_than_asked")
         self.too_close = Metrics.counter("filter", "positive_aware_rejected_candidates")
         self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
+        self.progress = Progress("sample", "rows")
 
     def process(self, element: Tuple[str, Dict[str, List[Any]]]) -> Iterator[Dict[str, Any]]:
         _, joined = element
@@ -195,6 +196,7 @@ class _Sample(beam.DoFn):
                     self.seed, record["query_id"], pos["doc_id"], positives + rejected, pools, self.mix, self.policy
                 )
                 self.rows.inc()
+                self.progress.add()
                 if len(negatives) < self.wanted:
                     self.short.inc()
                 for n in negatives:

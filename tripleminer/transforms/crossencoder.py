@@ -1,0 +1,234 @@
+"""Denoise mined negatives with a cross-encoder, as RocketQA does: keep only confident negatives.
+
+Hard negatives from BM25 or impressions are often unjudged relevant documents (false negatives),
+which teach a dense retriever the wrong thing. A cross-encoder reads query and passage together and
+scores P(relevant); negatives above a threshold are dropped and reported, the rest carry their
+`ce_score`. Optionally, for queries with few labels, confidently relevant candidates become new
+positives (source `ce_augmented`), and only very confident negatives are kept.
+
+Rows are grouped by query first, so each (query, passage) pair is scored once however many of the
+query's rows share it, and augmentation sees all of a query's labels. Groups are batched by their
+negative count, so one model call sees hundreds of pairs (sorted by length inside `predict`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from tripleminer.schemas.outputs import passage_text
+from tripleminer.transforms.common import timed
+
+NAMESPACE = "crossencoder"
+AUGMENTED = "ce_augmented"
+REPORT_FIELDS = ("query_id", "query", "doc_id", "source", "rank", "score", "ce_score")
+SCORE_STAGE = "crossencoder_score"  # busy time in `time/crossencoder_score_ms`
+
+Row = Dict[str, Any]
+PairKey = Tuple[str, str]  # (query text, passage text): what the model actually reads
+
+
+@dataclass(frozen=True)
+class DenoiseSettings:
+    """Model and thresholds of the denoising stage (all scores are probabilities in [0, 1])."""
+
+    model: str  # local directory, any Beam filesystem path, or hub id of a one-logit CrossEncoder
+    drop_threshold: float = 0.5  # drop negatives scoring above this
+    augment: bool = False
+    positive_threshold: float = 0.9  # augment: candidates at or above become positives
+    negative_threshold: float = 0.1  # augment: only negatives at or below are kept
+    augment_max_labels: int = 1  # augment queries with at most this many labeled positives
+    batch_pairs: int = 512  # pairs (approximately) per model call
+    predict_batch_size: int = 64  # pairs per forward pass inside a call
+    max_length: Optional[int] = None  # tokens per pair; None: the model's own setting
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in ("drop_threshold", "positive_threshold", "negative_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.augment and self.negative_threshold >= self.positive_threshold:
+            raise ValueError("negative_threshold must be below positive_threshold, or a document could be both")
+
+    @property
+    def keep_at_most(self) -> float:
+        """A negative is kept when its score is at most this."""
+        return self.negative_threshold if self.augment else self.drop_threshold
+
+
+@dataclass
+class QueryResult:
+    """What denoising one query produced: its rows (new ones included), report entries, counts."""
+
+    rows: List[Row]
+    report: List[Dict[str, Any]]
+    scored: Counter = field(default_factory=Counter)  # per source, distinct (document, source) of the query
+    flagged: Counter = field(default_factory=Counter)
+    augmented: int = 0
+
+
+def pair_key(row: Mapping[str, Any], doc: Mapping[str, Any]) -> PairKey:
+    return row["query"], passage_text(doc)
+
+
+def pairs_to_score(rows: Iterable[Row]) -> List[PairKey]:
+    """The distinct (query, passage) pairs of the rows' negatives, in first-seen order."""
+    return list(dict.fromkeys(pair_key(r, n) for r in rows for n in r["negatives"]))
+
+
+def denoise_query(rows: List[Row], scores: Mapping[PairKey, float], settings: DenoiseSettings) -> QueryResult:
+    """Set `ce_score` on every negative of one query's rows, drop the unconfident ones, maybe augment.
+
+    Pure (given the scores), so thresholds are testable without a model. Counts and report entries
+    are per distinct (document, source) of the query, so a document shared by several rows counts once.
+    """
+    result = QueryResult(rows=[], report=[])
+    seen = set()
+    candidates: Dict[str, Tuple[float, Mapping[str, Any]]] = {}
+    for row in rows:
+        kept = []
+        for neg in row["negatives"]:
+            ce = float(scores[pair_key(row, neg)])
+            neg = {**neg, "ce_score": ce}  # inputs stay untouched: Beam may share them between consumers
+            flagged = ce > settings.keep_at_most
+            if flagged:
+                candidates.setdefault(passage_text(neg), (ce, neg))
+            else:
+                kept.append(neg)
+            if (neg["doc_id"], neg["source"]) in seen:
+                continue
+            seen.add((neg["doc_id"], neg["source"]))
+            result.scored[neg["source"]] += 1
+            if flagged:
+                result.flagged[neg["source"]] += 1
+                result.report.append({"query_id": row["query_id"], "query": row["query"], **{k: neg.get(k) for k in REPORT_FIELDS[2:]}})
+        result.rows.append({**row, "negatives": kept})
+    if settings.augment:
+        result.rows += _augmented_rows(result.rows, candidates, settings)
+        result.augmented = len(result.rows) - len(rows)
+    return result
+
+
+def _augmented_rows(rows: List[Row], candidates: Mapping[str, Tuple[float, Mapping[str, Any]]], settings: DenoiseSettings) -> List[Row]:
+    """New (query, candidate) rows for confidently relevant candidates of a query with few labels.
+
+    They borrow the negatives kept for the query's first row (by positive doc id), all of which are
+    confident negatives, so an augmented row is as usable for training as a labeled one.
+    """
+    labeled = {r["positive"]["doc_id"] for r in rows if r["positive"]["source"] != AUGMENTED}
+    if not rows or len(labeled) > settings.augment_max_labels:
+        return []
+    template = min(rows, key=lambda r: r["positive"]["doc_id"])
+    confident = sorted(
+        ((ce, doc) for ce, doc in candidates.values() if ce >= settings.positive_threshold and doc["doc_id"] not in labeled),
+        key=lambda c: (-c[0], c[1]["doc_id"]),
+    )
+    new, taken = [], set()
+    for _, doc in confident:
+        if doc["doc_id"] in taken:
+            continue
+        taken.add(doc["doc_id"])
+        positive = {"doc_id": doc["doc_id"], "title": doc.get("title"), "text": doc["text"], "source": AUGMENTED,
+                    "label": None, "clicks": None, "impressions": None, "ctr": None}
+        new.append({**template, "positive": positive, "negatives": [dict(n) for n in template["negatives"]]})
+    return new
+
+
+def false_negative_rates(counters: Mapping[str, int]) -> Dict[str, Dict[str, float]]:
+    """Per negative source: negatives scored, flagged as likely relevant, and the flagged fraction.
+
+    `counters` is the `crossencoder` namespace of a run's counters (`stats["counters"]["crossencoder"]`).
+    A source with a high rate brings many unjudged relevant documents: worth fewer slots in the mix,
+    or a rank window further from the top.
+    """
+    out = {}
+    for name, scored in sorted(counters.items()):
+        if name.startswith("scored_"):
+            source = name[len("scored_"):]
+            flagged = counters.get(f"flagged_{source}", 0)
+            out[source] = {"scored": scored, "flagged": flagged, "rate": flagged / scored if scored else 0.0}
+    return out
+
+
+def pairs_per_second(counters: Mapping[str, Mapping[str, int]]) -> float:
+    """Cross-encoder throughput of a run, from all its counters (busy time in the scoring calls)."""
+    busy_ms = counters.get("time", {}).get(f"{SCORE_STAGE}_ms", 0)
+    pairs = counters.get(NAMESPACE, {}).get("pairs_scored", 0)
+    return pairs / (busy_ms / 1000) if busy_ms else 0.0
+
+
+class _Model:
+    """Holds the loaded cross-encoder for `Shared` (which needs a weak-referenceable object)."""
+
+    def __init__(self, settings: DenoiseSettings) -> None:
+        from tripleminer.io.fs import local_copy
+        from tripleminer.rerank.score import load_cross_encoder
+
+        self.model = load_cross_encoder(local_copy(settings.model), max_length=settings.max_length, device=settings.device)
+
+
+class _Denoise(beam.DoFn):
+    """Score a batch of query groups in one model call, then denoise each group."""
+
+    def __init__(self, settings: DenoiseSettings, shared: Shared) -> None:
+        self.settings, self._shared = settings, shared
+        self._model = None
+        self.pairs = Metrics.counter(NAMESPACE, "pairs_scored")
+        self.augmented = Metrics.counter(NAMESPACE, "rows_augmented")
+        self.emptied = Metrics.counter(NAMESPACE, "rows_left_without_negatives")
+
+    def setup(self) -> None:
+        # One copy per worker process, however many threads run this DoFn.
+        self._model = self._shared.acquire(lambda: _Model(self.settings), tag=repr(self.settings)).model
+
+    def process(self, batch: List[Tuple[str, Iterable[Row]]]) -> Iterator[Any]:
+        from tripleminer.rerank.score import score_pairs
+
+        groups = [list(rows) for _, rows in batch]
+        pairs = list(dict.fromkeys(p for rows in groups for p in pairs_to_score(rows)))
+        with timed(SCORE_STAGE):
+            scores = dict(zip(pairs, score_pairs(self._model, pairs, self.settings.predict_batch_size)))
+        self.pairs.inc(len(pairs))
+        for rows in groups:
+            result = denoise_query(rows, scores, self.settings)
+            for source, n in result.scored.items():
+                Metrics.counter(NAMESPACE, f"scored_{source}").inc(n)
+            for source, n in result.flagged.items():
+                Metrics.counter(NAMESPACE, f"flagged_{source}").inc(n)
+            self.augmented.inc(result.augmented)
+            self.emptied.inc(sum(1 for r in result.rows if not r["negatives"]))
+            yield from result.rows
+            for entry in result.report:
+                yield beam.pvalue.TaggedOutput("report", entry)
+
+
+def _negative_count(element: Tuple[str, Iterable[Row]]) -> int:
+    return max(1, sum(len(r["negatives"]) for r in element[1]))
+
+
+class CrossEncoderDenoise(beam.PTransform):
+    """Nested rows (texts filled) -> {"rows": denoised rows, "report": one dict per dropped negative}.
+
+    Report entries have REPORT_FIELDS: the query, the dropped document, its source, rank and score
+    there, and its cross-encoder probability.
+    """
+
+    def __init__(self, settings: DenoiseSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, rows: beam.PCollection) -> Dict[str, beam.PCollection]:
+        n = self.settings.batch_pairs
+        out = (
+            rows
+            | "KeyByQuery" >> beam.Map(lambda r: (r["query_id"], r))
+            | "GroupByQuery" >> beam.GroupByKey()
+            | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n, element_size_fn=_negative_count)
+            | "Score" >> beam.ParDo(_Denoise(self.settings, Shared())).with_outputs("report", main="rows")
+        )
+        return {"rows": out.rows, "report": out.report}
