@@ -5,7 +5,7 @@ Every text is keyed by a hash of its content; vectors already in the cache (Parq
 embedded and appended as a new cache file. A rerun that changes a rank window or a ratio, or a
 corpus that grew, embeds nothing or only the new documents.
 
-The model loads once per worker in `DoFn.setup()`; batches of `max_batch_size` texts go to one
+The model loads once per worker process in `DoFn.setup()` (shared by its threads); batches of `max_batch_size` texts go to one
 `encode` call, which sorts them by length so padding stays small (length-bucketed batches).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from tripleminer.encoders import Encoder, EncoderSettings
 from tripleminer.transforms.common import Progress, timed
@@ -39,9 +40,10 @@ class _Encode(beam.DoFn):
     def __init__(self, settings: EncoderSettings, role: str) -> None:
         self.settings, self.role = settings, role
         self.texts = Metrics.counter("embed", f"{role}_texts_embedded")
+        self._shared = shared.Shared()  # one model per worker process, whatever its thread count
 
     def setup(self) -> None:
-        self.encoder = Encoder(self.settings)
+        self.encoder = self._shared.acquire(lambda: Encoder(self.settings), tag=self.settings.key())
         self.progress = Progress(f"embed {self.role}s", "texts")
 
     def process(self, batch: List[Tuple[str, str]]) -> Iterator[Tuple[str, np.ndarray]]:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -21,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from tripleminer.index import bm25, dense
 from tripleminer.index.shards import merge_top_k, shard_of
@@ -158,24 +160,38 @@ class BuildAnnShards(beam.PTransform):
 LOADERS = {"bm25": bm25.BM25Shard, "ann": dense.AnnShard}
 
 
+class _LoadedShards:
+    """The shards a worker process has loaded, shared by its threads (`apache_beam.utils.shared`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.by_dir, self.lock = source, {}, threading.Lock()
+
+    def get(self, index_dir: str) -> Any:
+        with self.lock:
+            if index_dir not in self.by_dir:
+                self.by_dir[index_dir] = LOADERS[self.source](local_copy(index_dir))
+            return self.by_dir[index_dir]
+
+
 class _SearchShard(beam.DoFn):
-    """Search one shard with a batch of queries; each shard loads once per worker."""
+    """Search one shard with a batch of queries; each shard loads once per worker process."""
 
     def __init__(self, source: str, depth: int) -> None:
         self.source, self.depth = source, depth
-        self._loaded: Dict[str, Any] = {}
+        self._shared = shared.Shared()
         self.queries = Metrics.counter("retrieval", f"{source}_shard_queries")
         self.progress = Progress(f"{source} search", "query-shard pairs")
+
+    def setup(self) -> None:
+        self.shards = self._shared.acquire(lambda: _LoadedShards(self.source), tag=self.source)
 
     def process(self, element: Tuple[int, List[Tuple[str, Any]]], shard_dirs: Dict[int, str]) -> Iterator[Tuple[str, Tuple[List[str], List[float]]]]:
         shard, batch = element
         if shard not in shard_dirs:  # no document hashed to this shard (tiny corpora)
             return
-        index_dir = shard_dirs[shard]
-        if index_dir not in self._loaded:
-            self._loaded[index_dir] = LOADERS[self.source](local_copy(index_dir))
+        index = self.shards.get(shard_dirs[shard])
         with timed(f"{self.source}_search"):
-            ids, scores = self._loaded[index_dir].search([payload for _, payload in batch], self.depth)
+            ids, scores = index.search([payload for _, payload in batch], self.depth)
         self.queries.inc(len(batch))
         self.progress.add(len(batch))
         for (qid, _), row_ids, row_scores in zip(batch, ids, scores):
