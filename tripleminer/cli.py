@@ -14,6 +14,9 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mine": ("tripleminer.pipelines.mine", "main", "query log / qrels + corpus -> Parquet training triples (Beam)"),
     "pretext": ("tripleminer.pipelines.pretext", "main", "bare corpus -> self-supervised Parquet training triples (ICT, crop, span; Beam)"),
     "report": ("tripleminer.report", "main", "HTML page with plots of a mining run's output"),
+    "train": ("tripleminer.trainer.cli", "train_main", "fine-tune a dual encoder on triple shards (torchrun for several ranks)"),
+    "evaluate": ("tripleminer.trainer.cli", "evaluate_main", "nDCG@10, Recall@100, MRR@10 of a model on a BEIR split"),
+    "remine": ("tripleminer.pipelines.remine", "main", "ANCE-style rounds: mine -> train -> mine again with the new model"),
 }
 
 

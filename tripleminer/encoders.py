@@ -60,8 +60,10 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         self.settings = settings
-        # trust_remote_code off: loading a model never runs code from the model's repository.
-        self.model = SentenceTransformer(settings.model, device=settings.device, trust_remote_code=False)
+        # trust_remote_code off: loading a model never runs code from the model's repository; weights
+        # load from safetensors only (a pickled pytorch_model.bin is refused, not unpickled).
+        self.model = SentenceTransformer(settings.model, device=settings.device, trust_remote_code=False,
+                                         model_kwargs={"use_safetensors": True})
         if settings.max_seq_length:
             self.model.max_seq_length = settings.max_seq_length
         self._onnx = _OnnxRunner(self.model) if settings.backend == "onnx" else None

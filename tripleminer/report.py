@@ -132,7 +132,7 @@ def plot_bars(out: str, name: str, values: Dict[str, float], title: str, xlabel:
         return None
 
     def draw(plt):
-        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(values)))
+        fig, ax = plt.subplots(figsize=(7, max(2.0, 0.8 + 0.4 * len(values))))
         labels = list(values)
         ax.barh(labels, [values[k] for k in labels])
         ax.set_title(title)

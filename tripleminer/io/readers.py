@@ -4,23 +4,32 @@ Each reader takes a file pattern (a glob on any Beam filesystem, so sharded inpu
 format from the extension (.jsonl/.json, .tsv, .parquet), validates every record against
 `tripleminer.schemas.inputs` and emits good records on the main output and
 `{"input", "file", "reason", "raw"}` dicts on the `dead` output. Problems that make a whole input
-unusable (no matching file, a Parquet file of the wrong schema) raise `InputError` at pipeline
-construction, naming the file.
+unusable (no matching file, only empty files, a directory, a `.gz` file that is not gzip, a Parquet
+file of the wrong schema) raise `InputError` at pipeline construction, naming the file.
+
+Text inputs may be gzip-compressed (`.jsonl.gz`, `.tsv.gz`); those are read file by file (gzip is not
+splittable anyway) so that a truncated or corrupt stream becomes a dead letter naming the file and
+the line it broke at, instead of silently ending the file early.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import json
-from typing import Any, Dict, Iterator, List, Tuple
+import os
+import zlib
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.coders import BytesCoder
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from tripleminer.schemas.inputs import INPUT_SCHEMAS, VALIDATORS, InvalidRecord
+from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS, INPUT_SCHEMAS, VALIDATORS, InvalidRecord
 
 DEAD = "dead"
 RAW_LIMIT = 2000  # characters of a bad record kept in the dead letter
@@ -36,7 +45,11 @@ def dead_letter(kind: str, file: str, reason: str, raw: Any) -> Dict[str, str]:
 
 
 def matched_files(pattern: str, option: str) -> List[str]:
-    """Files matching `pattern`, or an `InputError` that names the option and the pattern."""
+    """Files matching `pattern`, or an `InputError` that names the option and the pattern.
+
+    A directory, or a pattern whose files are all empty, is an error too: both are mistakes (a
+    folder instead of `folder/*.jsonl`, a file truncated to nothing), never an input with no records.
+    """
     try:
         metadata = FileSystems.match([pattern])[0].metadata_list
     except Exception as err:  # Beam raises BeamIOError subclasses per filesystem
@@ -44,7 +57,24 @@ def matched_files(pattern: str, option: str) -> List[str]:
     files = sorted(m.path for m in metadata)
     if not files:
         raise InputError(f"--{option}: no file matches {pattern!r}")
+    for path in files:
+        if "://" not in path and os.path.isdir(path):
+            raise InputError(f"--{option}: {path} is a directory; pass a file pattern such as {os.path.join(path, '*.jsonl')}")
+    if all(m.size_in_bytes == 0 for m in metadata):
+        raise InputError(f"--{option}: {', '.join(files)}: empty file{'s' if len(files) > 1 else ''} (0 bytes)")
     return files
+
+
+def is_gzip(path: str) -> bool:
+    return path.lower().endswith(".gz")
+
+
+def check_gzip(path: str, option: str) -> None:
+    """A `.gz` name must hold gzip data (else Beam fails deep inside its reader)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        magic = f.read(2)
+    if magic and magic != b"\x1f\x8b":
+        raise InputError(f"--{option}: {path}: not gzip data although the name ends in .gz")
 
 
 def input_format(files: List[str], option: str) -> str:
@@ -80,6 +110,8 @@ def check_parquet_schema(path: str, kind: str, option: str) -> List[str]:
 
 
 def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_dictionary(actual):  # dictionary-encoded columns (e.g. pandas categoricals) read as their values
+        return _compatible(actual.value_type, expected)
     if pa.types.is_list(expected) or pa.types.is_large_list(expected):
         return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _compatible(
             actual.value_type, expected.value_type
@@ -91,11 +123,22 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
+def validator(kind: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS):
+    """The record validator of `kind`; the corpus one with its document size bound."""
+    if kind == "corpus":
+        return functools.partial(VALIDATORS["corpus"], max_chars=max_doc_chars)
+    return VALIDATORS[kind]
+
+
+CR_HINT = " (the line contains carriage returns: a file with old Mac, CR-only, line endings reads as one line; convert it to \\n line endings)"
+
+
 class _ParseLine(beam.DoFn):
     """Decode, parse and validate one text line; bad ones go to the dead-letter output."""
 
-    def __init__(self, kind: str, fmt: str) -> None:
+    def __init__(self, kind: str, fmt: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS) -> None:
         self.kind, self.fmt = kind, fmt
+        self.validate = validator(kind, max_doc_chars)
         self.ok = Metrics.counter("read", f"{kind}_ok")
         self.bad = Metrics.counter("read", f"{kind}_dead_letter")
         self.skipped = Metrics.counter("read", f"{kind}_blank_or_header_lines")
@@ -108,16 +151,18 @@ class _ParseLine(beam.DoFn):
             self.bad.inc()
             yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, f"not UTF-8: {err}", repr(raw)))
             return
+        line = line.removeprefix("\ufeff")  # a byte-order mark opens files saved by some Windows tools
         if not line.strip() or (self.fmt == "tsv" and _is_qrels_header(line)):
             self.skipped.inc()
             return
         try:
             record = self._parse(line)
-            yield VALIDATORS[self.kind](record)
+            yield self.validate(record)
             self.ok.inc()
         except InvalidRecord as err:
             self.bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, str(err), line))
+            reason = str(err) + (CR_HINT if "\r" in line.rstrip("\r") else "")
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, reason, line))
 
     def _parse(self, line: str) -> Any:
         if self.fmt == "tsv":
@@ -129,26 +174,63 @@ class _ParseLine(beam.DoFn):
             return {"query_id": qid, "doc_id": did, "score": score}
         try:
             return json.loads(line)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, and integers longer than Python's 4300-digit limit
             raise InvalidRecord(f"malformed JSON: {err}") from None
+        except RecursionError:
+            raise InvalidRecord("malformed JSON: nested too deeply") from None
 
 
 def _is_qrels_header(line: str) -> bool:
     return line.lower().startswith(("query-id", "query_id", "qid"))
 
 
-class _ValidateRow(beam.DoFn):
-    """Validate one Parquet row (already typed by the schema check)."""
+class _ReadLines(beam.DoFn):
+    """path -> (path, line bytes), for inputs that include gzip files (read whole, one file per call).
+
+    A gzip stream that is truncated or corrupt ends in a dead letter naming the file and how many
+    lines were read before it broke (those lines are kept), and counts `read/<kind>_unreadable_files`.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.unreadable = Metrics.counter("read", f"{kind}_unreadable_files")
+
+    def process(self, path: str) -> Iterator[Any]:
+        lines = 0
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+                f = gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip(path) else raw
+                for line in f:
+                    lines += 1
+                    yield path, _strip_line_end(line)
+        except (OSError, EOFError, zlib.error) as err:
+            self.unreadable.inc()
+            reason = f"unreadable file: {type(err).__name__}: {err} (after {lines} lines, which were read)"
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, reason, ""))
+
+
+def _strip_line_end(line: bytes) -> bytes:
+    """Drop the line end (LF or CRLF), as Beam's text reader does."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+class _ValidateRow(beam.DoFn):
+    """Validate one Parquet row (already typed by the schema check)."""
+
+    def __init__(self, kind: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS) -> None:
+        self.kind = kind
+        self.validate = validator(kind, max_doc_chars)
         self.ok = Metrics.counter("read", f"{kind}_ok")
         self.bad = Metrics.counter("read", f"{kind}_dead_letter")
 
     def process(self, element: Tuple[str, Dict[str, Any]]) -> Iterator[Any]:
         path, row = element
         try:
-            yield VALIDATORS[self.kind](row)
+            yield self.validate(row)
             self.ok.inc()
         except InvalidRecord as err:
             self.bad.inc()
@@ -158,19 +240,23 @@ class _ValidateRow(beam.DoFn):
 class ReadRecords(beam.PTransform):
     """Read and validate one input kind (`corpus`, `queries`, `qrels`, `sessions`).
 
-    Returns `{"records": validated dicts, "dead": dead letters}`.
+    Returns `{"records": validated dicts, "dead": dead letters}`. `max_doc_chars` bounds a corpus
+    document's title + text (larger ones are dead letters); None or 0 for no bound.
     """
 
-    def __init__(self, kind: str, pattern: str, option: str) -> None:
+    def __init__(self, kind: str, pattern: str, option: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS) -> None:
         super().__init__(label=f"Read {kind}")
         if kind not in VALIDATORS:
             raise ValueError(f"unknown input kind {kind!r}")
-        self.kind, self.pattern, self.option = kind, pattern, option
+        self.kind, self.pattern, self.option, self.max_doc_chars = kind, pattern, option, max_doc_chars
         self.files = matched_files(pattern, option)
         self.fmt = input_format(self.files, option)
         if self.fmt == "tsv" and kind != "qrels":
             raise InputError(f"--{option}: TSV is only supported for qrels")
         self.columns = {p: check_parquet_schema(p, kind, option) for p in self.files} if self.fmt == "parquet" else {}
+        for path in self.files:
+            if self.fmt != "parquet" and is_gzip(path):
+                check_gzip(path, option)
 
     def expand(self, pbegin: beam.pvalue.PBegin):
         if self.fmt == "parquet":
@@ -181,8 +267,18 @@ class ReadRecords(beam.PTransform):
                 | "ListFiles" >> beam.Create(self.files)
                 | "ReadParquet" >> beam.io.ReadAllFromParquet(with_filename=True, columns=columns)
             )
-            checked = rows | "Validate" >> beam.ParDo(_ValidateRow(self.kind)).with_outputs(DEAD, main="records")
+            checked = rows | "Validate" >> beam.ParDo(_ValidateRow(self.kind, self.max_doc_chars)).with_outputs(DEAD, main="records")
             return {"records": checked.records, "dead": checked.dead}
-        lines = pbegin | "ReadLines" >> beam.io.ReadFromTextWithFilename(self.pattern, coder=BytesCoder())
-        parsed = lines | "Parse" >> beam.ParDo(_ParseLine(self.kind, self.fmt)).with_outputs(DEAD, main="records")
-        return {"records": parsed.records, "dead": parsed.dead}
+        unreadable = []
+        if any(is_gzip(path) for path in self.files):
+            read = (
+                pbegin
+                | "ListFiles" >> beam.Create(self.files)
+                | "ReadLines" >> beam.ParDo(_ReadLines(self.kind)).with_outputs(DEAD, main="lines")
+            )
+            lines, unreadable = read.lines, [read.dead]
+        else:
+            lines = pbegin | "ReadLines" >> beam.io.ReadFromTextWithFilename(self.pattern, coder=BytesCoder())
+        parsed = lines | "Parse" >> beam.ParDo(_ParseLine(self.kind, self.fmt, self.max_doc_chars)).with_outputs(DEAD, main="records")
+        dead = parsed.dead if not unreadable else [parsed.dead] + unreadable | "AllDead" >> beam.Flatten()
+        return {"records": parsed.records, "dead": dead}

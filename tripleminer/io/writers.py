@@ -2,11 +2,14 @@
 
 Shards go through Beam's file sink, which writes to temporary files and renames them on
 finalisation, so a failed run never leaves a half-written shard under the final name.
+`stats.json` is written last (to a temporary name, then renamed) and removed first when an old
+output is replaced: an output folder is complete exactly when it has a `stats.json`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, List, Mapping, Optional
 
 import apache_beam as beam
@@ -32,15 +35,27 @@ class OutputExistsError(FileExistsError):
 
 
 def prepare_output(output_dir: str, overwrite: bool) -> None:
-    """Refuse to mix a new run's shards with an old run's, or clear the old ones when asked to."""
-    pattern = FileSystems.join(output_dir, "*")
-    existing = [m.path for m in FileSystems.match([pattern])[0].metadata_list] if FileSystems.exists(output_dir) else []
+    """Refuse to mix a new run's shards with an old run's, or clear the old ones when asked to.
+
+    Files at any depth count, so the `beam-temp-*` folder (with partial shards) that a killed or
+    failed run leaves behind is refused, or cleared, like the shards themselves.
+    """
+    pattern = FileSystems.join(output_dir, "**")
+    existing = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list) if FileSystems.exists(output_dir) else []
     if existing and not overwrite:
         raise OutputExistsError(
             f"--output {output_dir} is not empty ({len(existing)} files); pass --overwrite to replace them"
         )
     if existing:
-        FileSystems.delete(existing)
+        # stats.json first: a folder whose clearing is interrupted must not look like a complete run.
+        stats = [path for path in existing if path.rstrip("/").rsplit("/", 1)[-1] == STATS_FILE]
+        for batch in (stats, [path for path in existing if path not in stats]):
+            if batch:
+                FileSystems.delete(batch)
+        if "://" not in output_dir:  # local folders outlive their files; object stores have none
+            for root, dirs, files in os.walk(output_dir, topdown=False):
+                if root != output_dir and not os.listdir(root):
+                    os.rmdir(root)
 
 
 class WriteTriples(beam.PTransform):
@@ -100,7 +115,12 @@ class WriteDeadLetters(beam.PTransform):
 
 
 def write_stats(output_dir: str, stats: Dict[str, Any]) -> str:
+    """Write `stats.json` whole or not at all: to a temporary name first, then renamed."""
     path = FileSystems.join(output_dir, STATS_FILE)
-    with FileSystems.create(path) as f:
+    tmp = FileSystems.join(output_dir, f".{STATS_FILE}.tmp")
+    with FileSystems.create(tmp) as f:
         f.write(json.dumps(stats, indent=2, sort_keys=True).encode("utf-8"))
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
     return path

@@ -26,6 +26,7 @@ from tripleminer.index.dense import AnnSettings
 from tripleminer.io.readers import ReadRecords
 from tripleminer.io.writers import WriteDeadLetters, WriteTriples, prepare_output, write_stats
 from tripleminer.pipelines.stats import summarize
+from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import GoldNegatives, RandomNegatives
 from tripleminer.schemas.outputs import passage_text
@@ -71,9 +72,9 @@ class Corpus(NamedTuple):
     dead: List[beam.PCollection]  # dead letters of reading and deduplication
 
 
-def read_corpus(p: beam.Pipeline, pattern: str) -> Corpus:
-    """Read, validate and deduplicate the corpus (`--corpus`)."""
-    corpus = p | ReadRecords("corpus", pattern, "corpus")
+def read_corpus(p: beam.Pipeline, pattern: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS) -> Corpus:
+    """Read, validate and deduplicate the corpus (`--corpus`); larger documents than `--max_doc_chars` are dead letters."""
+    corpus = p | ReadRecords("corpus", pattern, "corpus", max_doc_chars)
     unique = corpus["records"] | DedupeById("corpus", "doc_id")
     docs = unique["records"]
     ids = beam.pvalue.AsSingleton(
@@ -209,11 +210,13 @@ def execute(
     options: PipelineOptions, output: str, overwrite: bool, build: Callable[[beam.Pipeline], None],
     config: Dict[str, Any], summarizer: Summarizer = summarize,
 ) -> Dict[str, Any]:
-    """Check the output folder, build and run the pipeline, write and return its stats."""
-    prepare_output(output, overwrite)
+    """Build the pipeline (every configuration and input check), then check the output folder, run
+    the pipeline, write and return its stats. Building first means a run refused for a bad option
+    or input never clears an old output, even with --overwrite."""
     start = time.perf_counter()
     p = beam.Pipeline(options=options)
     build(p)
+    prepare_output(output, overwrite)
     result = p.run()
     result.wait_until_finish()
     stats = summarizer(result, config, time.perf_counter() - start)

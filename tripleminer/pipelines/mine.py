@@ -54,7 +54,7 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     dead: List[beam.PCollection] = []
 
     # read
-    docs, corpus_ids, corpus_dead = common.read_corpus(p, o.corpus)
+    docs, corpus_ids, corpus_dead = common.read_corpus(p, o.corpus, o.max_doc_chars)
     dead += corpus_dead
 
     query_texts = p | "NoQueries" >> beam.Create([])
@@ -68,11 +68,12 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     positives, log_texts, pair_stats = [], p | "NoLogTexts" >> beam.Create([]), None
     if o.query_log:
         sessions = p | ReadRecords("sessions", o.query_log, "query_log")
-        dead.append(sessions["dead"])
-        pair_stats = sessions["records"] | "AggregateClicks" >> AggregateClicks()
+        unique_s = sessions["records"] | DedupeById("sessions", "session_id")  # a replayed session would count its clicks twice
+        dead += [sessions["dead"], unique_s["dead"]]
+        pair_stats = unique_s["records"] | "AggregateClicks" >> AggregateClicks()
         positives.append(pair_stats | "ClickPositives" >> ClickPositives(o.min_clicks, o.min_ctr))
         log_texts = (
-            sessions["records"]
+            unique_s["records"]
             | "LogQueryText" >> beam.FlatMap(lambda s: [(s["query_id"], s["query"])] if s["query"] else [])
             | "DistinctLogText" >> beam.Distinct()
         )

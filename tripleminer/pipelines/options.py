@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tripleminer.encoders import BACKENDS as ENCODER_BACKENDS
 from tripleminer.index.bm25 import BACKENDS
+from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 
 DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
@@ -31,6 +32,8 @@ def add_argument_once(container: Any, *flags: str, **kwargs: Any) -> None:
 def add_corpus_argument(group: Any) -> None:
     add_argument_once(group, "--corpus", default=None,
                       help="Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
+    add_argument_once(group, "--max_doc_chars", type=int, default=DEFAULT_MAX_DOC_CHARS,
+                      help="Documents longer than this (title + text, in characters) go to the dead letters instead of the triples; 0 for no limit.")
 
 
 def add_output_arguments(group: Any) -> None:

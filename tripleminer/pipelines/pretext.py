@@ -201,7 +201,7 @@ def run_config(o: PretextOptions) -> Dict[str, Any]:
 
 def build(p: beam.Pipeline, o: PretextOptions, run_plan: Plan) -> None:
     """Wire the pretext pipeline onto `p`."""
-    docs, corpus_ids, dead = common.read_corpus(p, o.corpus)
+    docs, corpus_ids, dead = common.read_corpus(p, o.corpus, o.max_doc_chars)
 
     # positives: one query record per pair, its positive tagged with the generator's name
     pairs = [

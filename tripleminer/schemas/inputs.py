@@ -6,7 +6,8 @@ shape below, or raise `InvalidRecord` with a reason that ends up in the dead-let
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import pyarrow as pa
 
@@ -53,8 +54,23 @@ BEIR_ALIASES: Dict[str, Dict[str, str]] = {
 }
 
 
+# Documents longer than this (title + text, in characters) are dead letters, not triples: a book-sized
+# "document" is almost always an extraction error, would be cut to a few hundred tokens by any encoder,
+# and would be copied into every row that uses it. `--max_doc_chars` changes it; 0 turns it off.
+DEFAULT_MAX_DOC_CHARS = 1_000_000
+
+
 class InvalidRecord(ValueError):
     """A record that cannot be used; the message is the dead-letter reason."""
+
+
+def _valid_unicode(text: str, field: str) -> str:
+    # JSON escapes can encode lone surrogates ("\ud800"), which no UTF-8 writer (Parquet, JSONL) accepts.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidRecord(f"field '{field}' is not valid Unicode: {err.reason} at position {err.start}") from None
+    return text
 
 
 def _id(value: Any, field: str) -> str:
@@ -64,7 +80,7 @@ def _id(value: Any, field: str) -> str:
     text = str(value).strip()
     if not text:
         raise InvalidRecord(f"field '{field}' is empty")
-    return text
+    return _valid_unicode(text, field)
 
 
 def _text(value: Any, field: str, *, required: bool = True) -> str:
@@ -74,13 +90,14 @@ def _text(value: Any, field: str, *, required: bool = True) -> str:
         raise InvalidRecord(f"field '{field}' must be a string, got {type(value).__name__}")
     if required and not value.strip():
         raise InvalidRecord(f"field '{field}' is empty or whitespace")
-    return value
+    return _valid_unicode(value, field)
 
 
 def _id_list(value: Any, field: str) -> List[str]:
     if value is None:
         raise InvalidRecord(f"missing field '{field}'")
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    # A JSON array or a Parquet list; not a string, nor an object (whose keys would pass for ids).
+    if not isinstance(value, (list, tuple)):
         raise InvalidRecord(f"field '{field}' must be a list of ids, got {type(value).__name__}")
     return [_id(v, f"{field}[]") for v in value]
 
@@ -98,13 +115,18 @@ def _require(record: Mapping[str, Any], fields: List[str]) -> None:
         raise InvalidRecord(f"missing field(s) {', '.join(repr(m) for m in missing)}")
 
 
-def validate_doc(record: Mapping[str, Any]) -> Dict[str, Any]:
+def validate_doc(record: Mapping[str, Any], max_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS) -> Dict[str, Any]:
+    """A corpus document; `max_chars` (title + text) bounds its size, None or 0 for no bound."""
     rec = _renamed(record, "corpus")
     _require(rec, ["doc_id", "text"])
     title = _text(rec.get("title"), "title", required=False)
     text = _text(rec.get("text"), "text", required=False)
     if not (title.strip() or text.strip()):
         raise InvalidRecord("document has empty title and text")
+    if max_chars and len(title) + len(text) > max_chars:
+        raise InvalidRecord(
+            f"document too large: {len(title) + len(text)} characters (title + text) > --max_doc_chars {max_chars}"
+        )
     return {"doc_id": _id(rec["doc_id"], "doc_id"), "title": title, "text": text}
 
 
@@ -117,10 +139,15 @@ def validate_query(record: Mapping[str, Any]) -> Dict[str, Any]:
 def validate_qrel(record: Mapping[str, Any]) -> Dict[str, Any]:
     rec = _renamed(record, "qrels")
     _require(rec, ["query_id", "doc_id", "score"])
+    value = rec["score"]
     try:
-        score = float(rec["score"])
-    except (TypeError, ValueError):
-        raise InvalidRecord(f"field 'score' is not a number: {rec['score']!r}") from None
+        if isinstance(value, bool):
+            raise TypeError
+        score = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRecord(f"field 'score' is not a number: {str(value)[:100]!r}") from None
+    if not math.isfinite(score):  # NaN compares false with every threshold, so it would pass any of them
+        raise InvalidRecord(f"field 'score' is not a finite number: {value!r}")
     return {"query_id": _id(rec["query_id"], "query_id"), "doc_id": _id(rec["doc_id"], "doc_id"), "score": score}
 
 

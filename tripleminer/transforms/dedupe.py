@@ -19,6 +19,7 @@ from tripleminer.io.readers import DEAD, dead_letter
 class _PickOne(beam.DoFn):
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.unique = Metrics.counter("dedupe", f"{kind}_unique")
         self.exact = Metrics.counter("dedupe", f"{kind}_exact_duplicates")
         self.conflict = Metrics.counter("dedupe", f"{kind}_conflicting_duplicates")
 
@@ -26,6 +27,7 @@ class _PickOne(beam.DoFn):
         key, records = element
         ordered = sorted(records, key=lambda r: json.dumps(r, sort_keys=True))
         kept = ordered[0]
+        self.unique.inc()
         yield kept
         for other in ordered[1:]:
             if other == kept:

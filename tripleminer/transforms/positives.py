@@ -8,6 +8,7 @@ query's positives with its text into the record every candidate source works fro
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
 import apache_beam as beam
@@ -74,8 +75,14 @@ class QrelPositives(beam.PTransform):
 
 
 def merge_positives(found: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
-    """One positive per (query, doc) from every label source that found it."""
-    by_source = {p["source"]: p for p in found}
+    """One positive per (query, doc) from every label source that found it.
+
+    A pair listed twice by one source (a qrels file judging it twice) keeps its highest label, so
+    the result does not depend on the order the copies arrive in.
+    """
+    by_source: Dict[str, Dict[str, Any]] = {}
+    for p in sorted(found, key=lambda p: (p["label"] is not None, p["label"] or 0, json.dumps(p, sort_keys=True, default=str))):
+        by_source[p["source"]] = p
     sources = [s for s in SOURCE_PRIORITY if s in by_source] + sorted(set(by_source) - set(SOURCE_PRIORITY))
     merged = dict(by_source[sources[0]])
     for other in sources[1:]:
@@ -93,6 +100,8 @@ class _JoinQuery(beam.DoFn):
         self.without = Metrics.counter("queries", "without_positive")
         self.unknown_doc = Metrics.counter("positives", "unknown_doc_dead_letter")
         self.no_text = Metrics.counter("queries", "no_text_dead_letter")
+        self.no_text_pairs = Metrics.counter("positives", "pairs_of_query_without_text")
+        self.only_unknown = Metrics.counter("queries", "no_text_and_only_unknown_docs")
 
     def process(self, element: Tuple[str, Dict[str, List[Any]]], corpus_ids: List[str]) -> Iterator[Any]:
         qid, joined = element
@@ -110,9 +119,12 @@ class _JoinQuery(beam.DoFn):
         if not positives:
             if texts:
                 self.without.inc()
+            else:  # labels only, all on unknown documents (each one a dead letter above)
+                self.only_unknown.inc()
             return
         if not texts:
             self.no_text.inc()
+            self.no_text_pairs.inc(len(positives))
             yield beam.pvalue.TaggedOutput(
                 DEAD, dead_letter("queries", "", f"query {qid!r} has positives but no text in queries or log", {"query_id": qid})
             )

@@ -8,63 +8,14 @@ take the top of the window or a uniform sample of it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from tripleminer.schemas.mix import SourceMix, parse_mix  # noqa: F401 (parse_mix: re-exported for pipelines)
 from tripleminer.transforms.common import Progress, stable_rng, timed
-
-STRATEGIES = ("random", "top")
-_SPEC = re.compile(r"^(?P<source>[a-z][a-z0-9_]*):(?P<count>\d+)(?:@(?P<start>\d+)-(?P<end>\d+))?(?:/(?P<strategy>[a-z]+))?$")
-
-
-@dataclass(frozen=True)
-class SourceMix:
-    """How many negatives of one source each positive gets, and from which part of its ranking."""
-
-    source: str
-    count: int
-    rank_start: Optional[int] = None  # 1-based, inclusive; None = no window
-    rank_end: Optional[int] = None
-    strategy: str = "random"
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"{self.source}: unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
-        if self.rank_start is not None and not (1 <= self.rank_start <= self.rank_end):
-            raise ValueError(f"{self.source}: rank window {self.rank_start}-{self.rank_end} must satisfy 1 <= start <= end")
-
-    def in_window(self, rank: Optional[int]) -> bool:
-        if self.rank_start is None or rank is None:
-            return True
-        return self.rank_start <= rank <= self.rank_end
-
-
-def parse_mix(spec: str) -> List[SourceMix]:
-    """Parse `"impression:2,bm25:4@1-100/top,random:1"` (source:count[@start-end][/random|top])."""
-    mix = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        m = _SPEC.match(part)
-        if not m:
-            raise ValueError(f"bad negative mix entry {part!r}: expected source:count[@start-end][/random|top]")
-        start, end = m["start"], m["end"]
-        mix.append(
-            SourceMix(
-                source=m["source"],
-                count=int(m["count"]),
-                rank_start=int(start) if start else None,
-                rank_end=int(end) if end else None,
-                strategy=m["strategy"] or "random",
-            )
-        )
-    sources = [m.source for m in mix]
-    if len(set(sources)) != len(sources):
-        raise ValueError(f"negative mix {spec!r} names a source twice")
-    return mix
-
 
 HARD_SOURCES = ("impression", "bm25", "ann", "same_doc")  # ranked near the query; the rest are easy
 DENSE_SOURCES = ("ann",)  # scores are cosines of the same model as the positive's score
