@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data
 OUT ?= out/scifact
 WORK ?= work
+# The demo mines every source; ann embeds the corpus once (a few minutes on CPU), later runs reuse the cache.
+MIX ?= impression:2,bm25:3@10-50,ann:3@30-100,gold:1,random:1
 export HF_HUB_OFFLINE := 1
 export TRIPLEMINER_DATA := $(abspath $(DATA))
 
@@ -28,8 +30,10 @@ demo: install
 	  --queries $(DATA)/scifact/queries.jsonl \
 	  --qrels $(DATA)/scifact/qrels/train.tsv \
 	  --query_log $(DATA)/scifact/query_log.train.jsonl \
+	  --negatives "$(MIX)" \
 	  --work_dir $(WORK) --output $(OUT) --overwrite
-	@echo "Triples in $(OUT)/, stats in $(OUT)/stats.json"
+	$(VENV)/bin/tripleminer report $(OUT)
+	@echo "Triples in $(OUT)/, stats in $(OUT)/stats.json, report in $(OUT)/report/index.html"
 
 test: install
 	$(PY) -m pytest -q tests
