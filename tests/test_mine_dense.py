@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import canonical, read_jsonl, read_rows
-from tripleminer.encoders import EncoderSettings, default_model
 from tripleminer.pipelines import mine
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.embed import text_key

@@ -3,7 +3,6 @@ the inputs imply, no positive among its negatives, counts that reconcile, and is
 across runner modes."""
 
 import collections
-import json
 
 import pyarrow.parquet as pq
 import pytest

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tripleminer.schemas.inputs import validate_doc
 from tripleminer.transforms import pretext as pt
-from tripleminer.transforms.sample import parse_mix, sample_negatives
+from tripleminer.schemas.mix import parse_mix
+from tripleminer.transforms.sample import sample_negatives
 from tripleminer.transforms.text_units import STOPWORDS, span_key, split_sentences
 
 N_DOCS = 300

@@ -14,7 +14,7 @@ import json
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import apache_beam as beam
 import pyarrow as pa
@@ -26,7 +26,8 @@ from tripleminer.io.readers import DEAD, RAW_LIMIT, ReadRecords, _ParseLine
 from tripleminer.schemas.inputs import BEIR_ALIASES, INPUT_SCHEMAS, VALIDATORS, InvalidRecord, validate_doc
 from tripleminer.transforms.common import candidates
 from tripleminer.transforms.positives import positive
-from tripleminer.transforms.sample import SampleNegatives, parse_mix, sample_negatives
+from tripleminer.schemas.mix import parse_mix
+from tripleminer.transforms.sample import SampleNegatives, sample_negatives
 
 KINDS = ("corpus", "queries", "qrels", "sessions")
 FIELDS = {kind: [f.name for f in INPUT_SCHEMAS[kind]] + list(BEIR_ALIASES[kind]) for kind in KINDS}

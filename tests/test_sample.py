@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tripleminer.transforms.common import candidates
-from tripleminer.transforms.sample import SourceMix, parse_mix, sample_negatives
+from tripleminer.schemas.mix import SourceMix, parse_mix
+from tripleminer.transforms.sample import sample_negatives
 
 
 def bm25_pool(n=50):

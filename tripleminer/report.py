@@ -41,7 +41,7 @@ def load_run(run_dir: str) -> Tuple[Dict[str, Any], pl.DataFrame, pl.DataFrame, 
 
 def asked_per_source(stats: Dict[str, Any]) -> Dict[str, int]:
     """Negatives the mix asked for, per source: count per positive x rows."""
-    from tripleminer.transforms.sample import parse_mix
+    from tripleminer.schemas.mix import parse_mix
 
     return {m.source: m.count * stats["rows"] for m in parse_mix(stats["config"].get("negatives", ""))}
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 
+from tripleminer.logs import setup_logging
 from tripleminer.io.readers import ReadRecords
 from tripleminer.pipelines import common
 from tripleminer.pipelines.options import MineOptions, parse_options
@@ -23,7 +24,7 @@ from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import ImpressionNegatives
 from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
-from tripleminer.transforms.sample import SourceMix, parse_mix
+from tripleminer.schemas.mix import SourceMix, parse_mix
 from tripleminer.transforms.texts import AttachTexts
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run(sys.argv[1:] if argv is None else argv)
     return 0
 

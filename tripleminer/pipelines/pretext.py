@@ -24,12 +24,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from tripleminer.logs import setup_logging
 from tripleminer.pipelines import common
 from tripleminer.pipelines.options import (add_argument_once, add_bm25_arguments, add_dense_arguments, add_policy_arguments, add_corpus_argument,
                                            add_output_arguments, parse_options)
 from tripleminer.pipelines.stats import summarize
 from tripleminer.transforms import pretext as pt
-from tripleminer.transforms.sample import SourceMix, parse_mix
+from tripleminer.schemas.mix import SourceMix, parse_mix
 from tripleminer.transforms.texts import AttachTexts
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     run(sys.argv[1:] if argv is None else argv)
     return 0
 

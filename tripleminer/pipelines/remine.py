@@ -21,6 +21,8 @@ import shlex
 import sys
 from typing import Any, Dict, List, Optional
 
+from tripleminer.logs import setup_logging
+
 
 def _pop_option(argv: List[str], name: str) -> Optional[str]:
     """Remove `--name VALUE` / `--name=VALUE` from argv; return VALUE (the last one given)."""
@@ -69,7 +71,7 @@ def run(rounds: int, out: str, mine_argv: List[str], train_argv: List[str]) -> L
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     mine_argv = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv

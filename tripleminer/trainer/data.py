@@ -14,9 +14,8 @@ from __future__ import annotations
 import glob
 import hashlib
 import math
-import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq

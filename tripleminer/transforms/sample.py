@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tripleminer.schemas.mix import SourceMix, parse_mix  # noqa: F401 (parse_mix: re-exported for pipelines)
+from tripleminer.schemas.mix import SourceMix
 from tripleminer.transforms.common import Progress, stable_rng, timed
 
 HARD_SOURCES = ("impression", "bm25", "ann", "same_doc")  # ranked near the query; the rest are easy
