@@ -16,6 +16,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "report": ("tripleminer.report", "main", "HTML page with plots of a mining run's output"),
     "train": ("tripleminer.trainer.cli", "train_main", "fine-tune a dual encoder on triple shards (torchrun for several ranks)"),
     "evaluate": ("tripleminer.trainer.cli", "evaluate_main", "nDCG@10, Recall@100, MRR@10 of a model on a BEIR split"),
+    "train-cross-encoder": ("tripleminer.rerank.train", "main", "fine-tune a cross-encoder on nested triples (for --cross_encoder)"),
     "remine": ("tripleminer.pipelines.remine", "main", "ANCE-style rounds: mine -> train -> mine again with the new model"),
 }
 

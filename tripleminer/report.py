@@ -116,17 +116,6 @@ def plot_scores(out: str, positives: pl.DataFrame, negatives: pl.DataFrame, colu
     return _figure(os.path.join(out, f"{column}s.png"), draw)
 
 
-def false_negative_rates(stats: Dict[str, Any]) -> Dict[str, float]:
-    """Share of each source's scored candidates the cross-encoder flagged (from the run's counters)."""
-    ce = stats.get("counters", {}).get("crossencoder", {})
-    rates = {}
-    for name, scored in ce.items():
-        if name.endswith("_scored") and scored:
-            source = name[: -len("_scored")]
-            rates[source] = ce.get(f"{source}_flagged", 0) / scored
-    return rates
-
-
 def plot_bars(out: str, name: str, values: Dict[str, float], title: str, xlabel: str) -> Optional[str]:
     if not values:
         return None
@@ -154,7 +143,7 @@ def write_report(run_dir: str, out: Optional[str] = None) -> str:
         for i, r, n in dead.with_columns(pl.col("reason").str.split(":").list.first().alias("reason"))
         .group_by(["input", "reason"]).len().sort("len", descending=True).iter_rows()
     }
-    fn_rates = false_negative_rates(stats)
+    fn_rates = {s: r["rate"] for s, r in stats.get("false_negative_rate_per_source", {}).items()}
     images = [
         ("Negatives per source, asked vs written", plot_counts(out, got, asked)),
         ("Ranks of sampled negatives", plot_ranks(out, negatives)),

@@ -27,6 +27,7 @@ from tripleminer.schemas.outputs import (
 
 SHARD_PREFIX = "triples"
 DEAD_LETTER_PREFIX = "dead_letter"
+CE_REPORT_PREFIX = "ce_flagged"  # negatives the cross-encoder dropped as likely relevant
 STATS_FILE = "stats.json"
 
 
@@ -98,18 +99,18 @@ def _flatten(row: Dict[str, Any], output_format: str, num_negatives: Optional[in
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Dead letters -> `OUTPUT_DIR/dead_letter-SSSSS-of-NNNNN.jsonl` (one JSON object a line)."""
+    """Dead letters (or another audit record) -> `OUTPUT_DIR/<prefix>-SSSSS-of-NNNNN.jsonl`, one JSON object a line."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, prefix: str = DEAD_LETTER_PREFIX) -> None:
         super().__init__()
-        self.output_dir = output_dir
+        self.output_dir, self.prefix = output_dir, prefix
 
     def expand(self, dead: beam.PCollection):
         return (
             dead
             | "ToJson" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True))
             | "WriteJsonl" >> beam.io.WriteToText(
-                FileSystems.join(self.output_dir, DEAD_LETTER_PREFIX), file_name_suffix=".jsonl", num_shards=1
+                FileSystems.join(self.output_dir, self.prefix), file_name_suffix=".jsonl", num_shards=1
             )
         )
 

@@ -24,12 +24,13 @@ from tripleminer.encoders import EncoderSettings, default_model
 from tripleminer.index.bm25 import BM25Settings
 from tripleminer.index.dense import AnnSettings
 from tripleminer.io.readers import ReadRecords
-from tripleminer.io.writers import WriteDeadLetters, WriteTriples, prepare_output, write_stats
+from tripleminer.io.writers import CE_REPORT_PREFIX, WriteDeadLetters, WriteTriples, prepare_output, write_stats
 from tripleminer.pipelines.stats import summarize
 from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.negatives import GoldNegatives, RandomNegatives
 from tripleminer.schemas.outputs import passage_text
+from tripleminer.transforms.crossencoder import CrossEncoderDenoise, DenoiseSettings
 from tripleminer.transforms.embed import EmbedWithCache
 from tripleminer.transforms.retrieval import (BM25Negatives, BuildAnnShards, BuildBM25Shards, PositiveScores,
                                                ShardedSearch)
@@ -173,6 +174,19 @@ def sample_rows(
     # The positives' dense scores feed the positive-aware filter and are kept in the rows.
     positive_scores = None if dense is None else records | "PositiveScores" >> PositiveScores(dense.queries, dense.docs)
     return (records, candidates) | "SampleNegatives" >> SampleNegatives(o.seed, mix, policy, positive_scores)
+
+
+def denoise(rows: beam.PCollection, o: PipelineOptions) -> beam.PCollection:
+    """Rows with texts -> rows whose negatives a cross-encoder judged confidently irrelevant
+    (`--cross_encoder`); the dropped ones are written to `OUTPUT/ce_flagged-*.jsonl`."""
+    if not o.cross_encoder:
+        return rows
+    settings = DenoiseSettings(o.cross_encoder, o.ce_drop_threshold, o.ce_augment, o.ce_positive_threshold,
+                               o.ce_negative_threshold, o.ce_augment_max_labels, o.ce_batch_pairs,
+                               max_length=o.ce_max_length, device=o.device)
+    out = rows | "CrossEncoderDenoise" >> CrossEncoderDenoise(settings)
+    out["report"] | "WriteCeFlagged" >> WriteDeadLetters(o.output, CE_REPORT_PREFIX)
+    return out["rows"]
 
 
 def ntuple_size(o: PipelineOptions, mix: List[SourceMix]) -> int:

@@ -101,6 +101,7 @@ def build(p: beam.Pipeline, o: MineOptions) -> None:
     # filter -> sample -> texts -> write
     rows = common.sample_rows(p, records, candidate_lists, mix, o, dense)
     rows = rows | "AttachTexts" >> AttachTexts(docs)
+    rows = common.denoise(rows, o)
     common.write_outputs(rows, dead, o, mix, run_config(o))
 
 

@@ -94,6 +94,23 @@ def add_dense_arguments(group: Any) -> None:
                       help="How many dense results to fetch per query (default: the end of the ann rank window, or 500).")
 
 
+def add_crossencoder_arguments(group: Any) -> None:
+    """RocketQA-style denoising of the sampled negatives with a cross-encoder."""
+    add_argument_once(group, "--cross_encoder", default=None,
+                      help="Cross-encoder (local dir, e.g. from `tripleminer train-cross-encoder`, or hub id) that scores every sampled "
+                           "negative; unset: no denoising. Scores are sigmoid probabilities, kept as ce_score.")
+    add_argument_once(group, "--ce_drop_threshold", type=float, default=0.5,
+                      help="Drop negatives the cross-encoder scores above this (likely unjudged positives); each goes to ce_flagged-*.jsonl.")
+    add_argument_once(group, "--ce_augment", action="store_true",
+                      help="For queries with few labels: candidates scoring >= --ce_positive_threshold become positives (source ce_augmented), "
+                           "and only negatives <= --ce_negative_threshold are kept.")
+    add_argument_once(group, "--ce_positive_threshold", type=float, default=0.9, help="Augmentation: new positives at or above this (RocketQA: 0.9).")
+    add_argument_once(group, "--ce_negative_threshold", type=float, default=0.1, help="Augmentation: keep negatives at or below this (RocketQA: 0.1).")
+    add_argument_once(group, "--ce_augment_max_labels", type=int, default=1, help="Augment only queries with at most this many labelled positives.")
+    add_argument_once(group, "--ce_batch_pairs", type=int, default=512, help="(query, passage) pairs per cross-encoder call.")
+    add_argument_once(group, "--ce_max_length", type=int, default=None, help="Tokens per pair (default: the model's own).")
+
+
 def add_policy_arguments(group: Any) -> None:
     """Caps and filters across negative sources."""
     add_argument_once(group, "--max_hard_negatives", type=int, default=None,
@@ -145,6 +162,7 @@ class MineOptions(PipelineOptions):
         add_bm25_arguments(neg)
         add_policy_arguments(neg)
         add_dense_arguments(parser.add_argument_group("dense (ann) negatives"))
+        add_crossencoder_arguments(parser.add_argument_group("cross-encoder denoising"))
 
 
 def parse_options(

@@ -26,7 +26,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from tripleminer.logs import setup_logging
 from tripleminer.pipelines import common
-from tripleminer.pipelines.options import (add_argument_once, add_bm25_arguments, add_dense_arguments, add_policy_arguments, add_corpus_argument,
+from tripleminer.pipelines.options import (add_argument_once, add_bm25_arguments, add_crossencoder_arguments, add_dense_arguments, add_policy_arguments, add_corpus_argument,
                                            add_output_arguments, parse_options)
 from tripleminer.pipelines.stats import summarize
 from tripleminer.transforms import pretext as pt
@@ -106,6 +106,7 @@ class PretextOptions(PipelineOptions):
         add_bm25_arguments(neg)
         add_policy_arguments(neg)
         add_dense_arguments(parser.add_argument_group("dense (ann) negatives"))
+        add_crossencoder_arguments(parser.add_argument_group("cross-encoder denoising"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +225,7 @@ def build(p: beam.Pipeline, o: PretextOptions, run_plan: Plan) -> None:
     mix = list(run_plan.mix)
     rows = common.sample_rows(p, records, candidate_lists, mix, o, dense)
     rows = rows | "AttachTexts" >> AttachTexts(docs)
+    rows = common.denoise(rows, o)
     common.write_outputs(rows, dead, o, mix, run_config(o))
 
 

@@ -7,6 +7,8 @@ from typing import Any, Dict
 
 from apache_beam.runners.runner import PipelineResult
 
+from tripleminer.transforms.crossencoder import false_negative_rates
+
 
 def counters(result: PipelineResult) -> Dict[str, Dict[str, int]]:
     """Counters by namespace and name, summed over steps (committed where the runner has them)."""
@@ -32,5 +34,6 @@ def summarize(result: PipelineResult, config: Dict[str, Any], wall_time_s: float
         "rows_with_fewer_negatives_than_asked": rows.get("rows_with_fewer_negatives_than_asked", 0),
         "dead_letters": c.get("dead_letter", {}),
         "busy_time_ms_per_stage": c.get("time", {}),
+        "false_negative_rate_per_source": false_negative_rates(c.get("crossencoder", {})),
         "counters": c,
     }

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.common import timed
+from tripleminer.transforms.common import Progress, timed
 
 NAMESPACE = "crossencoder"
 AUGMENTED = "ce_augmented"
@@ -124,8 +124,9 @@ def _augmented_rows(rows: List[Row], candidates: Mapping[str, Tuple[float, Mappi
     if not rows or len(labeled) > settings.augment_max_labels:
         return []
     template = min(rows, key=lambda r: r["positive"]["doc_id"])
+    positives = {r["positive"]["doc_id"] for r in rows}  # augmented ones of an earlier pass included
     confident = sorted(
-        ((ce, doc) for ce, doc in candidates.values() if ce >= settings.positive_threshold and doc["doc_id"] not in labeled),
+        ((ce, doc) for ce, doc in candidates.values() if ce >= settings.positive_threshold and doc["doc_id"] not in positives),
         key=lambda c: (-c[0], c[1]["doc_id"]),
     )
     new, taken = [], set()
@@ -185,6 +186,7 @@ class _Denoise(beam.DoFn):
     def setup(self) -> None:
         # One copy per worker process, however many threads run this DoFn.
         self._model = self._shared.acquire(lambda: _Model(self.settings), tag=repr(self.settings)).model
+        self.progress = Progress("cross-encoder", "pairs scored")
 
     def process(self, batch: List[Tuple[str, Iterable[Row]]]) -> Iterator[Any]:
         from tripleminer.rerank.score import score_pairs
@@ -194,6 +196,7 @@ class _Denoise(beam.DoFn):
         with timed(SCORE_STAGE):
             scores = dict(zip(pairs, score_pairs(self._model, pairs, self.settings.predict_batch_size)))
         self.pairs.inc(len(pairs))
+        self.progress.add(len(pairs))
         for rows in groups:
             result = denoise_query(rows, scores, self.settings)
             for source, n in result.scored.items():

@@ -1,0 +1,1 @@
+"""Cross-encoder scoring and training (no Beam): the model behind `CrossEncoderDenoise`."""
