@@ -20,7 +20,7 @@ from conftest import REPO, read_jsonl, read_rows
 from tripleminer.pipelines import mine
 from tripleminer.rerank import train
 from tripleminer.rerank.score import load_cross_encoder, score_pairs
-from tripleminer.transforms.common import stable_rng
+from tripleminer.seeding import stable_rng
 from tripleminer.transforms.crossencoder import (AUGMENTED, CrossEncoderDenoise, DenoiseSettings, denoise_query,
                                                  false_negative_rates, pair_key, pairs_per_second)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 BACKENDS = ("bm25s", "rank_bm25")
 _IDS_FILE = "doc_ids.json.gz"
-_SETTINGS_FILE = "tripleminer_bm25.json"
+SETTINGS_FILE = "tripleminer_bm25.json"
 _TOKENS_FILE = "corpus_tokens.jsonl.gz"
 _IDF_FILE = "idf.json.gz"
 
@@ -89,7 +89,7 @@ class BM25Shard:
     """A loaded shard (or a whole corpus when there is one shard): `search` returns doc ids."""
 
     def __init__(self, index_dir: str) -> None:
-        with open(os.path.join(index_dir, _SETTINGS_FILE), encoding="utf-8") as f:
+        with open(os.path.join(index_dir, SETTINGS_FILE), encoding="utf-8") as f:
             self.settings = BM25Settings(**json.load(f))
         with gzip.open(os.path.join(index_dir, _IDS_FILE), "rt", encoding="utf-8") as f:
             self.doc_ids: List[str] = json.load(f)
@@ -127,7 +127,7 @@ def build(doc_ids: Sequence[str], texts: Sequence[str], settings: BM25Settings, 
             json.dump({"avg_len": stats.avg_len, "idf": {t: idf[t] for t in vocab}}, f)
     with gzip.open(os.path.join(out_dir, _IDS_FILE), "wt", encoding="utf-8") as f:
         json.dump(list(doc_ids), f)
-    with open(os.path.join(out_dir, _SETTINGS_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, SETTINGS_FILE), "w", encoding="utf-8") as f:
         json.dump(asdict(settings), f)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 _INDEX_FILE = "index.faiss"
 _IDS_FILE = "doc_ids.json"
-_SETTINGS_FILE = "tripleminer_ann.json"
+SETTINGS_FILE = "tripleminer_ann.json"
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def build(doc_ids: Sequence[str], vectors: np.ndarray, settings: AnnSettings, ou
     faiss.write_index(index, os.path.join(out_dir, _INDEX_FILE))
     with open(os.path.join(out_dir, _IDS_FILE), "w", encoding="utf-8") as f:
         json.dump(list(doc_ids), f)
-    with open(os.path.join(out_dir, _SETTINGS_FILE), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, SETTINGS_FILE), "w", encoding="utf-8") as f:
         json.dump(asdict(settings), f)
 
 
@@ -73,7 +73,7 @@ class AnnShard:
         self.index = faiss.read_index(os.path.join(index_dir, _INDEX_FILE))
         with open(os.path.join(index_dir, _IDS_FILE), encoding="utf-8") as f:
             self.doc_ids: List[str] = json.load(f)
-        with open(os.path.join(index_dir, _SETTINGS_FILE), encoding="utf-8") as f:
+        with open(os.path.join(index_dir, SETTINGS_FILE), encoding="utf-8") as f:
             settings = AnnSettings(**json.load(f))
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
-from tripleminer.transforms.common import stable_seed
+from tripleminer.seeding import stable_seed
 
 
 def shard_of(doc_id: str, num_shards: int) -> int:

@@ -26,7 +26,7 @@ import tripleminer
 from tripleminer.logs import setup_logging
 from tripleminer.io.fs import is_local, upload_dir
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.common import stable_rng
+from tripleminer.seeding import stable_rng
 
 log = logging.getLogger(__name__)
 POSITIVE = "positive"

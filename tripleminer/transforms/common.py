@@ -1,8 +1,7 @@
-"""Helpers shared by the transforms: stable per-record randomness, candidate lists, timing."""
+"""Helpers shared by the transforms: candidate lists, corpus ids, timing, progress."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import contextmanager
@@ -12,17 +11,6 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 log = logging.getLogger("tripleminer.progress")
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from the parts' text: the same on every worker and run (unlike `hash()`)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def stable_rng(*parts: Any) -> np.random.Generator:
-    """The RNG of one record, e.g. `stable_rng(seed, "random", query_id)`: order-independent sampling."""
-    return np.random.default_rng(stable_seed(*parts))
 
 
 def candidates(

@@ -13,7 +13,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from tripleminer.transforms.common import CorpusIds, candidates, stable_rng
+from tripleminer.seeding import stable_rng
+from tripleminer.transforms.common import CorpusIds, candidates
 
 
 def pool_size(record: Dict[str, Any], per_positive: int) -> int:

@@ -25,7 +25,8 @@ from apache_beam.runners.runner import PipelineResult
 from tripleminer.schemas.inputs import validate_doc
 from tripleminer.transforms import text_units
 from tripleminer.transforms.positives import positive
-from tripleminer.transforms.common import candidates, stable_seed
+from tripleminer.seeding import stable_seed
+from tripleminer.transforms.common import candidates
 
 ICT, CROP, SPAN, SAME_DOC, AUGMENT = "ict", "crop", "span", "same_doc", "augment"
 METRICS_NAMESPACE = "pretext"

@@ -30,7 +30,7 @@ from tripleminer.io.fs import is_local, local_copy, upload_dir
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.common import Progress, candidates, timed
 
-_MARKER = {"bm25": "tripleminer_bm25.json", "ann": "tripleminer_ann.json"}
+_MARKER = {"bm25": bm25.SETTINGS_FILE, "ann": dense.SETTINGS_FILE}  # written last by each build
 
 
 def _settings_key(*parts: Any) -> str:
