@@ -115,7 +115,7 @@ def throughput(model_dir: Path, rows: List[dict], model) -> dict:
 
     settings = DenoiseSettings(str(model_dir), batch_pairs=512, predict_batch_size=64)
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
-    _ = p | beam.Create(rows) | CrossEncoderDenoise(settings)
+    _ = p | beam.Create(rows) | CrossEncoderDenoise(settings, tempfile.mkdtemp(prefix="ce-bench-"))  # empty score cache
     start = time.perf_counter()
     result = p.run()
     result.wait_until_finish()

@@ -4,7 +4,7 @@
 Synthetic corpora are built from SciFact: each document is a run of ~40 words drawn from a SciFact
 abstract at a random offset, under a new id; queries are sentences cut from documents, whose source
 document is the judged positive. Short texts and `--max_seq_length 64` keep embedding on 2 CPU
-cores feasible; IVF indices are used from 50k documents on.
+cores feasible; IVF indices (4 sqrt(n) cells for a shard of n vectors) are used from 50k documents on.
 
     python benchmarks/scale.py [--sizes 10000,50000,200000] [--queries 2000]
 """
@@ -51,7 +51,8 @@ def case(args) -> dict:
 
     d = Path(args.dir)
     size = args.size
-    index = "Flat" if size < 50000 else f"IVF{int(4 * math.sqrt(size))},Flat"
+    # The index spec is per shard: 4 sqrt(n) cells for the n vectors of each of the 2 shards.
+    index = "Flat" if size < 50000 else f"IVF{int(4 * math.sqrt(size / 2))},Flat"
     start = time.perf_counter()
     stats = mine.run([
         "--corpus", str(d / "corpus.jsonl"), "--queries", str(d / "queries.jsonl"), "--qrels", str(d / "qrels.tsv"),

@@ -197,10 +197,10 @@ def check_planted(rows: List[Dict[str, Any]], got: List[tuple]) -> None:
     assert len(irrelevant & set(report)) <= len(rows) // 8, f"irrelevant documents dropped: {sorted(set(report) & irrelevant)}"
 
 
-def test_planted_false_negatives_are_dropped_and_irrelevant_kept(trained_ce, scifact):
+def test_planted_false_negatives_are_dropped_and_irrelevant_kept(trained_ce, scifact, tmp_path):
     rows = planted_rows(scifact, 100)  # every test query with two judged documents (23)
     with TestPipeline() as p:
-        out = p | beam.Create(rows) | CrossEncoderDenoise(DenoiseSettings(str(trained_ce), drop_threshold=0.5))
+        out = p | beam.Create(rows) | CrossEncoderDenoise(DenoiseSettings(str(trained_ce), drop_threshold=0.5), str(tmp_path))
         tagged = [out[k] | f"Tag{k}" >> beam.Map(lambda x, k=k: (k, x)) for k in ("rows", "report")]
         assert_that(tagged | beam.Flatten(), lambda got: check_planted(rows, got))
 
@@ -226,3 +226,13 @@ def test_mine_pipeline_denoises_with_the_cross_encoder(trained_ce, scifact, tmp_
     assert kept | dropped == sampled and not kept & dropped  # the same sample, split by the cross-encoder
     rates = stats["false_negative_rate_per_source"]
     assert set(rates) == {"bm25", "random"} and sum(r["flagged"] for r in rates.values()) == len(dropped)
+
+    # Resumable: another threshold rescores nothing (every pair comes from the score cache), same scores.
+    again = mine.run(base + ["--cross_encoder", str(trained_ce), "--ce_max_length", "64", "--ce_drop_threshold", "0.7",
+                             "--output", str(tmp_path / "again")])
+    ce = again["counters"]["crossencoder"]
+    assert "pairs_scored" not in ce and ce["pair_cache_hits"] == stats["counters"]["crossencoder"]["pairs_scored"]
+    first = {(f["query_id"], f["doc_id"]): f["ce_score"] for f in flagged}
+    first.update({(r["query_id"], n["doc_id"]): n["ce_score"] for r in rows for n in r["negatives"]})
+    second = {(r["query_id"], n["doc_id"]): n["ce_score"] for r in read_rows(tmp_path / "again") for n in r["negatives"]}
+    assert second and all(first[k] == v for k, v in second.items())

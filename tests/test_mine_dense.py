@@ -39,7 +39,7 @@ def run(d, out, *extra):
     ])
 
 
-def cached_vectors(d):
+def cache_contents(d):
     """Every vector in the embedding cache, by cache key."""
     files = glob.glob(str(d / "work" / "embeddings" / "*" / "*.parquet"))
     return {r["key"]: np.asarray(r["vector"], dtype=np.float32) for f in files for r in pq.read_table(f).to_pylist()}
@@ -55,7 +55,7 @@ def test_ann_window_is_the_models_ranking_window(mined, slice_dir):
     stats, rows = mined
     docs = read_jsonl(slice_dir / "corpus.jsonl")
     assert stats["counters"]["embed"]["doc_texts_embedded"] == len(docs)
-    vectors = cached_vectors(slice_dir)
+    vectors = cache_contents(slice_dir)
     doc_ids = [d["_id"] for d in docs]
     matrix = np.stack([vectors[text_key("doc", passage_text(d))] for d in docs])
     assert rows and all(len(r["negatives"]) == 3 for r in rows)
@@ -78,7 +78,7 @@ def test_shards_equal_single_index_and_cache_skips_embedding(mined, slice_dir):
 
 def test_positive_aware_filter(mined, slice_dir):
     stats = run(slice_dir, slice_dir / "filtered", "--negatives", "ann:5@1-20/top", "--pos_aware_ratio", "0.9")
-    vectors = cached_vectors(slice_dir)
+    vectors = cache_contents(slice_dir)
     docs = {d["_id"]: d for d in read_jsonl(slice_dir / "corpus.jsonl")}
     rows = read_rows(slice_dir / "filtered")
     assert stats["counters"]["filter"]["positive_aware_rejected_candidates"] > 0
@@ -87,3 +87,4 @@ def test_positive_aware_filter(mined, slice_dir):
         pos_score = float(q @ vectors[text_key("doc", passage_text(docs[r["positive"]["doc_id"]]))])
         assert r["positive"]["score"] == pytest.approx(pos_score, abs=1e-5)  # kept in the row
         assert all(n["score"] <= 0.9 * pos_score + 1e-6 for n in r["negatives"])
+

@@ -9,13 +9,14 @@ the common Transformer -> Pooling(mean|cls) [-> Normalize] layout and refuses an
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
 import numpy as np
+
+from tripleminer.fingerprint import model_key
 
 BACKENDS = ("torch", "onnx")
 
@@ -43,14 +44,7 @@ class EncoderSettings:
         """Identifies the vectors this encoder produces: the model (path, and for a local dir its
         files' sizes and modification times, so a retrained checkpoint at the same path changes
         it) and the sequence length. The backend is not part of it: both give the same vectors."""
-        ident = [self.model, str(self.max_seq_length)]
-        if os.path.isdir(self.model):
-            for root, _, files in sorted(os.walk(self.model)):
-                for name in sorted(files):
-                    st = os.stat(os.path.join(root, name))
-                    ident.append(f"{os.path.relpath(os.path.join(root, name), self.model)}:{st.st_size}:{int(st.st_mtime)}")
-        name = os.path.basename(self.model.rstrip("/")) or "model"
-        return f"{name}-{hashlib.blake2b('|'.join(ident).encode(), digest_size=6).hexdigest()}"
+        return model_key(self.model, self.max_seq_length)
 
 
 class Encoder:

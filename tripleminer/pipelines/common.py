@@ -184,7 +184,7 @@ def denoise(rows: beam.PCollection, o: PipelineOptions) -> beam.PCollection:
     settings = DenoiseSettings(o.cross_encoder, o.ce_drop_threshold, o.ce_augment, o.ce_positive_threshold,
                                o.ce_negative_threshold, o.ce_augment_max_labels, o.ce_batch_pairs,
                                max_length=o.ce_max_length, device=o.device)
-    out = rows | "CrossEncoderDenoise" >> CrossEncoderDenoise(settings)
+    out = rows | "CrossEncoderDenoise" >> CrossEncoderDenoise(settings, o.work_dir)
     out["report"] | "WriteCeFlagged" >> WriteDeadLetters(o.output, CE_REPORT_PREFIX)
     return out["rows"]
 

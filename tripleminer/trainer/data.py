@@ -12,7 +12,6 @@ one mined set serves any mix.
 from __future__ import annotations
 
 import glob
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
@@ -24,10 +23,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from tripleminer.schemas.mix import SourceMix, parse_mix
 from tripleminer.schemas.outputs import passage_text
+from tripleminer.seeding import stable_seed
+
 
 def stable_key(text: str) -> int:
-    """A 64-bit id for a string that is the same in every process (Python's `hash` is salted)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+    """`stable_seed(text)` as a signed 64-bit id, so it fits a `torch.long` tensor."""
+    key = stable_seed(text)
+    return key - 2**64 if key >= 2**63 else key
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class TripleStream(IterableDataset):
     def _example(self, row: Mapping[str, Any]) -> Example:
         positive = row["positive"]
         # Draws depend on the example and epoch only, not on which rank or worker reads it.
-        ids = [stable_key(row["query_id"]) % 2**64, stable_key(positive["doc_id"]) % 2**64]
+        ids = [stable_seed(row["query_id"]), stable_seed(positive["doc_id"])]
         rng = np.random.default_rng([self.seed, self.epoch, *ids])
         negatives = select_negatives(row["negatives"], self.mix, rng, exclude=[positive["doc_id"]])
         return Example(

@@ -6,9 +6,11 @@ scores P(relevant); negatives above a threshold are dropped and reported, the re
 `ce_score`. Optionally, for queries with few labels, confidently relevant candidates become new
 positives (source `ce_augmented`), and only very confident negatives are kept.
 
-Rows are grouped by query first, so each (query, passage) pair is scored once however many of the
-query's rows share it, and augmentation sees all of a query's labels. Groups are batched by their
-negative count, so one model call sees hundreds of pairs (sorted by length inside `predict`).
+Each distinct (query text, passage text) pair is scored once however many rows share it, and its
+score is cached under `WORK_DIR/ce_scores/<model key>/` (`transforms/cache.py`), so a rerun with
+other thresholds or another mix scores only new pairs. Pairs are scored `batch_pairs` at a time, so
+one model call sees hundreds of pairs (sorted by length inside `predict`). Rows are then joined with
+their scores per query, so augmentation sees all of a query's labels.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
+from tripleminer.fingerprint import model_key
 from tripleminer.schemas.outputs import passage_text
+from tripleminer.transforms.cache import SCORES, BatchCompute, CachedCompute, content_key
 from tripleminer.transforms.common import Progress, timed
 
 NAMESPACE = "crossencoder"
@@ -54,6 +59,10 @@ class DenoiseSettings:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if self.augment and self.negative_threshold >= self.positive_threshold:
             raise ValueError("negative_threshold must be below positive_threshold, or a document could be both")
+
+    def key(self) -> str:
+        """Identifies the scores this model produces (cache folder name)."""
+        return model_key(self.model, self.max_length)
 
     @property
     def keep_at_most(self) -> float:
@@ -173,65 +182,80 @@ class _Model:
         self.model = load_cross_encoder(local_copy(settings.model), max_length=settings.max_length, device=settings.device)
 
 
-class _Denoise(beam.DoFn):
-    """Score a batch of query groups in one model call, then denoise each group."""
+class _ScorePairs(BatchCompute):
+    """(query, passage) pairs -> P(relevant), one model call per batch."""
 
-    def __init__(self, settings: DenoiseSettings, shared: Shared) -> None:
-        self.settings, self._shared = settings, shared
-        self._model = None
+    def __init__(self, settings: DenoiseSettings) -> None:
+        super().__init__(SCORES)
+        self.settings, self._shared = settings, Shared()
         self.pairs = Metrics.counter(NAMESPACE, "pairs_scored")
-        self.augmented = Metrics.counter(NAMESPACE, "rows_augmented")
-        self.emptied = Metrics.counter(NAMESPACE, "rows_left_without_negatives")
 
     def setup(self) -> None:
         # One copy per worker process, however many threads run this DoFn.
         self._model = self._shared.acquire(lambda: _Model(self.settings), tag=repr(self.settings)).model
         self.progress = Progress("cross-encoder", "pairs scored")
 
-    def process(self, batch: List[Tuple[str, Iterable[Row]]]) -> Iterator[Any]:
+    def compute(self, pairs: List[PairKey]) -> Any:
         from tripleminer.rerank.score import score_pairs
 
-        groups = [list(rows) for _, rows in batch]
-        pairs = list(dict.fromkeys(p for rows in groups for p in pairs_to_score(rows)))
         with timed(SCORE_STAGE):
-            scores = dict(zip(pairs, score_pairs(self._model, pairs, self.settings.predict_batch_size)))
+            scores = score_pairs(self._model, pairs, self.settings.predict_batch_size)
         self.pairs.inc(len(pairs))
         self.progress.add(len(pairs))
-        for rows in groups:
-            result = denoise_query(rows, scores, self.settings)
-            for source, n in result.scored.items():
-                Metrics.counter(NAMESPACE, f"scored_{source}").inc(n)
-            for source, n in result.flagged.items():
-                Metrics.counter(NAMESPACE, f"flagged_{source}").inc(n)
-            self.augmented.inc(result.augmented)
-            self.emptied.inc(sum(1 for r in result.rows if not r["negatives"]))
-            yield from result.rows
-            for entry in result.report:
-                yield beam.pvalue.TaggedOutput("report", entry)
+        return scores
 
 
-def _negative_count(element: Tuple[str, Iterable[Row]]) -> int:
-    return max(1, sum(len(r["negatives"]) for r in element[1]))
+class _Denoise(beam.DoFn):
+    """(query id, {rows, scores}) -> the query's denoised rows, and report entries (tagged)."""
+
+    def __init__(self, settings: DenoiseSettings) -> None:
+        self.settings = settings
+        self.augmented = Metrics.counter(NAMESPACE, "rows_augmented")
+        self.emptied = Metrics.counter(NAMESPACE, "rows_left_without_negatives")
+
+    def process(self, element: Tuple[str, Mapping[str, Iterable[Any]]]) -> Iterator[Any]:
+        joined = element[1]
+        result = denoise_query(list(joined["rows"]), dict(joined["scores"]), self.settings)
+        for source, n in result.scored.items():
+            Metrics.counter(NAMESPACE, f"scored_{source}").inc(n)
+        for source, n in result.flagged.items():
+            Metrics.counter(NAMESPACE, f"flagged_{source}").inc(n)
+        self.augmented.inc(result.augmented)
+        self.emptied.inc(sum(1 for r in result.rows if not r["negatives"]))
+        yield from result.rows
+        for entry in result.report:
+            yield beam.pvalue.TaggedOutput("report", entry)
+
+
+def _query_pairs(row: Row) -> List[Tuple[Tuple[str, PairKey], PairKey]]:
+    """((query id, pair), pair) for each distinct pair of a row: items for the score cache."""
+    return [((row["query_id"], pair), pair) for pair in pairs_to_score([row])]
 
 
 class CrossEncoderDenoise(beam.PTransform):
     """Nested rows (texts filled) -> {"rows": denoised rows, "report": one dict per dropped negative}.
 
     Report entries have REPORT_FIELDS: the query, the dropped document, its source, rank and score
-    there, and its cross-encoder probability.
+    there, and its cross-encoder probability. Scores are cached under `work_dir`.
     """
 
-    def __init__(self, settings: DenoiseSettings) -> None:
+    def __init__(self, settings: DenoiseSettings, work_dir: str) -> None:
         super().__init__()
         self.settings = settings
+        self.cache_dir = FileSystems.join(work_dir, "ce_scores", settings.key())
 
     def expand(self, rows: beam.PCollection) -> Dict[str, beam.PCollection]:
         n = self.settings.batch_pairs
-        out = (
+        scores = (
             rows
-            | "KeyByQuery" >> beam.Map(lambda r: (r["query_id"], r))
-            | "GroupByQuery" >> beam.GroupByKey()
-            | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n, element_size_fn=_negative_count)
-            | "Score" >> beam.ParDo(_Denoise(self.settings, Shared())).with_outputs("report", main="rows")
+            | "PairsToScore" >> beam.FlatMap(_query_pairs)
+            | "ScorePairs" >> CachedCompute(self.cache_dir, "pairs", lambda pair: content_key(*pair),
+                                            _ScorePairs(self.settings), n, n, NAMESPACE, "pair_cache_hits")
+            | "KeyScoreByQuery" >> beam.MapTuple(lambda item, score: (item[0], (item[1], score)))
+        )
+        out = (
+            {"rows": rows | "KeyByQuery" >> beam.Map(lambda r: (r["query_id"], r)), "scores": scores}
+            | "JoinScores" >> beam.CoGroupByKey()
+            | "Denoise" >> beam.ParDo(_Denoise(self.settings)).with_outputs("report", main="rows")
         )
         return {"rows": out.rows, "report": out.report}

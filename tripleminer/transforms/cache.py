@@ -1,0 +1,168 @@
+"""Content-addressed caching of an expensive per-item computation (embeddings, cross-encoder scores).
+
+Items are `(item_id, payload)`. Every payload has a content key; values already stored under the
+cache folder (Parquet files of `(key, value)`) are joined back by key, and only the misses are
+computed, in batches, by a `BatchCompute` DoFn. Identical payloads under several ids are computed
+once. Each bundle of computed values is written as its own cache file by the worker that computed
+it (no shuffle of the values to a single writer), so a rerun after a crash, or with a changed
+downstream option, recomputes only what is not yet stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+log = logging.getLogger(__name__)
+MISS, CACHE = "miss", "cache"
+
+
+def content_key(*parts: str) -> str:
+    """Cache key of a payload's parts (e.g. role and text): a 128-bit hash of their content."""
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheFormat:
+    """How one kind of value is stored: the Parquet schema of `(key, value)` and the conversions."""
+
+    schema: pa.Schema
+    to_table: Callable[[List[str], Any], pa.Table]  # keys and a batch of values -> cache rows
+    from_table: Callable[[pa.Table], Iterator[Tuple[str, Any]]]  # cache rows -> (key, value)
+
+
+def _vectors_table(keys: List[str], vectors: Any) -> pa.Table:
+    """Cache rows built from the float32 matrix, without one Python float per component."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    offsets = np.arange(0, vectors.size + 1, vectors.shape[1], dtype=np.int32)
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vectors.reshape(-1)))
+    return pa.Table.from_arrays([pa.array(keys, pa.string()), column], schema=VECTORS.schema)
+
+
+def _table_vectors(table: pa.Table) -> Iterator[Tuple[str, np.ndarray]]:
+    if not table.num_rows:
+        return
+    column = table.column("vector").combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).copy()  # writable, one copy per batch
+    dim, uneven = divmod(len(values), table.num_rows)
+    if uneven or pc.any(pc.not_equal(pc.list_value_length(column), dim)).as_py():
+        raise ValueError("cache rows have vectors of different dimensions; delete this model's cache folder")
+    yield from zip(table.column("key").to_pylist(), values.reshape(-1, dim))
+
+
+def _scores_table(keys: List[str], scores: Any) -> pa.Table:
+    return pa.Table.from_arrays([pa.array(keys, pa.string()), pa.array(np.asarray(scores, dtype=np.float64))],
+                                schema=SCORES.schema)
+
+
+def _table_scores(table: pa.Table) -> Iterator[Tuple[str, float]]:
+    yield from zip(table.column("key").to_pylist(), table.column("score").to_pylist())
+
+
+VECTORS = CacheFormat(
+    pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32()), nullable=False)]),
+    _vectors_table, _table_vectors,
+)
+SCORES = CacheFormat(  # float64: a cached score is bit-identical to the freshly computed one
+    pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("score", pa.float64(), nullable=False)]),
+    _scores_table, _table_scores,
+)
+
+
+class BatchCompute(beam.DoFn):
+    """Computes a batch of misses: `(key, [(item_id, payload), ...])` -> `(item_id, value)` for every
+    distinct id, plus one table of cache rows per batch (tagged CACHE). Subclasses load their model
+    in `setup()` and implement `compute`."""
+
+    def __init__(self, cache_format: CacheFormat) -> None:
+        self.cache_format = cache_format
+
+    def compute(self, payloads: List[Any]) -> Sequence[Any]:
+        """The values of the payloads, in order."""
+        raise NotImplementedError
+
+    def process(self, batch: List[Tuple[str, List[Tuple[Hashable, Any]]]]) -> Iterator[Any]:
+        values = self.compute([items[0][1] for _, items in batch])
+        yield beam.pvalue.TaggedOutput(CACHE, self.cache_format.to_table([key for key, _ in batch], values))
+        for (_, items), value in zip(batch, values):
+            for item_id in dict.fromkeys(item_id for item_id, _ in items):
+                yield item_id, value
+
+
+class _SplitHits(beam.DoFn):
+    """Per content key: cached -> (id, value) for every distinct id with it; else one miss to compute."""
+
+    def __init__(self, namespace: str, hits_counter: str) -> None:
+        self.hits = Metrics.counter(namespace, hits_counter)
+
+    def process(self, element: Tuple[str, Dict[str, List[Any]]]) -> Iterator[Any]:
+        key, joined = element
+        if not joined["items"]:
+            return
+        if joined["cached"]:
+            ids = list(dict.fromkeys(item_id for item_id, _ in joined["items"]))
+            self.hits.inc(len(ids))
+            for item_id in ids:
+                yield item_id, joined["cached"][0]
+        else:
+            yield beam.pvalue.TaggedOutput(MISS, (key, joined["items"]))
+
+
+def _cache_files(cache_dir: str, prefix: str) -> List[str]:
+    pattern = FileSystems.join(cache_dir, f"{prefix}-*.parquet")
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # no cache folder yet
+        return []
+
+
+class CachedCompute(beam.PTransform):
+    """(item_id, payload) -> (item_id, value), reusing and extending the cache under `cache_dir`.
+
+    `key_of(payload)` is the content key; cache files are `cache_dir/<prefix>-*.parquet`. Misses go to
+    `compute_fn` in batches of `min_batch_size`..`max_batch_size` (Beam's BatchElements, which adapts
+    to the measured cost of a batch). Cache hits count as `namespace/hits_counter`.
+    """
+
+    def __init__(self, cache_dir: str, prefix: str, key_of: Callable[[Any], str], compute_fn: BatchCompute,
+                 min_batch_size: int, max_batch_size: int, namespace: str, hits_counter: str) -> None:
+        super().__init__()
+        self.cache_dir, self.prefix, self.key_of, self.compute_fn = cache_dir, prefix, key_of, compute_fn
+        self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
+        self.namespace, self.hits_counter = namespace, hits_counter
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        files = _cache_files(self.cache_dir, self.prefix)
+        log.info("%s cache: %d files under %s", self.prefix, len(files), self.cache_dir)
+        key_of, cache_format = self.key_of, self.compute_fn.cache_format
+        cached = (
+            items.pipeline | "CacheFiles" >> beam.Create(files)
+            | "ReadCache" >> beam.io.ReadAllFromParquetBatched()
+            | "KeyCached" >> beam.FlatMap(cache_format.from_table)
+        )
+        keyed = items | "KeyByContent" >> beam.Map(lambda it: (key_of(it[1]), it))
+        split = (
+            {"items": keyed, "cached": cached}
+            | "JoinCache" >> beam.CoGroupByKey()
+            | "SplitHits" >> beam.ParDo(_SplitHits(self.namespace, self.hits_counter)).with_outputs(MISS, main="hits")
+        )
+        computed = (
+            split[MISS]
+            | "Batch" >> beam.BatchElements(min_batch_size=self.min_batch_size, max_batch_size=self.max_batch_size)
+            | "Compute" >> beam.ParDo(self.compute_fn).with_outputs(CACHE, main="values")
+        )
+        computed[CACHE] | "WriteCache" >> beam.io.WriteToParquetBatched(
+            FileSystems.join(self.cache_dir, f"{self.prefix}-{uuid.uuid4().hex[:12]}"),
+            schema=cache_format.schema, file_name_suffix=".parquet",
+        )
+        return (split.hits, computed.values) | "AllValues" >> beam.Flatten()
