@@ -257,7 +257,8 @@ class PositiveScores(beam.PTransform):
     """Dense score of every (query, positive): what the positive-aware filter compares candidates to.
 
     Inputs: query records, (query_id, vector) and (doc_id, vector). Output:
-    (query_id, {positive doc_id: cosine}).
+    (query_id, {positive doc_id: cosine}). Only the positives' vectors are shuffled to the join: the
+    positive doc ids (ids only, like the corpus-id side input) filter the corpus vectors first.
     """
 
     def __init__(self, query_vectors: beam.PCollection, doc_vectors: beam.PCollection) -> None:
@@ -266,8 +267,11 @@ class PositiveScores(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         wanted = records | "PositiveDocs" >> beam.FlatMap(lambda r: [(p["doc_id"], r["query_id"]) for p in r["positives"]])
+        positive_ids = wanted | "PositiveIds" >> beam.Keys() | "IdSet" >> beam.combiners.ToSet()
+        vectors = self.doc_vectors | "OnlyPositiveDocs" >> beam.Filter(
+            lambda kv, ids: kv[0] in ids, beam.pvalue.AsSingleton(positive_ids, default_value=frozenset()))
         by_query = (
-            {"queries": wanted, "vector": self.doc_vectors}
+            {"queries": wanted, "vector": vectors}
             | "JoinDocVectors" >> beam.CoGroupByKey()
             | "ByQuery" >> beam.FlatMap(
                 lambda kv: [(qid, (kv[0], kv[1]["vector"][0])) for qid in kv[1]["queries"]] if kv[1]["vector"] else []
