@@ -51,13 +51,14 @@ def case(args) -> dict:
 
     d = Path(args.dir)
     size = args.size
-    # The index spec is per shard: 4 sqrt(n) cells for the n vectors of each of the 2 shards.
-    index = "Flat" if size < 50000 else f"IVF{int(4 * math.sqrt(size / 2))},Flat"
+    shards = 2
+    # The index spec is per shard: 4 sqrt(n) cells for the n vectors of a shard.
+    index = "Flat" if size < 50000 else f"IVF{int(4 * math.sqrt(size / shards))},Flat"
     start = time.perf_counter()
     stats = mine.run([
         "--corpus", str(d / "corpus.jsonl"), "--queries", str(d / "queries.jsonl"), "--qrels", str(d / "qrels.tsv"),
         "--negatives", "bm25:2@1-100,ann:2@101-500,random:1", "--max_seq_length", "64",
-        "--ann_index", index, "--ann_nprobe", "16", "--bm25_shards", "2", "--ann_shards", "2",
+        "--ann_index", index, "--ann_nprobe", "16", "--bm25_shards", str(shards), "--ann_shards", str(shards),
         "--work_dir", str(d / "work"), "--output", str(d / "out"), "--overwrite",
     ])
     return {"seconds": time.perf_counter() - start, "rows": stats["rows"], "index": index,

@@ -29,6 +29,7 @@ class _Length(BatchCompute):
 
 
 def run(items, cache_dir, out_dir):
+    out_dir.mkdir()
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
     (
         p | beam.Create(items)
@@ -44,7 +45,6 @@ def run(items, cache_dir, out_dir):
 def test_each_payload_is_computed_once_and_a_rerun_computes_nothing(tmp_path):
     items = [("a", "x"), ("b", "yy"), ("c", "x"), ("a", "x"), ("d", "zzz"), ("e", "yy"), ("f", "wwww")]
     expected = [("a", 1.0), ("b", 2.0), ("c", 1.0), ("d", 3.0), ("e", 2.0), ("f", 4.0)]  # one value per distinct id
-    (tmp_path / "o1").mkdir(), (tmp_path / "o2").mkdir(), (tmp_path / "o3").mkdir()
     values, count = run(items, tmp_path / "cache", tmp_path / "o1")
     assert values == expected and count == {"computed": 4}  # x, yy, zzz, wwww
     assert len(list((tmp_path / "cache").glob("len-*.parquet"))) >= 1

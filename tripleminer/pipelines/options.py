@@ -43,7 +43,7 @@ def add_output_arguments(group: Any) -> None:
     add_argument_once(group, "--overwrite", action="store_true",
                       help="Replace the files of a non-empty --output folder instead of refusing to run.")
     add_argument_once(group, "--work_dir", default="work",
-                      help="Folder for reusable intermediate artefacts (search indices), keyed by content hashes; must be reachable by all workers.")
+                      help="Folder for reusable intermediate artefacts (BM25 and FAISS index shards, embeddings, cross-encoder scores), keyed by content hashes, so reruns redo only what changed; any Beam filesystem path, reachable by all workers.")
     add_argument_once(group, "--output_format", default="nested", choices=OUTPUT_FORMATS,
                       help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
                            "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
