@@ -12,7 +12,7 @@ MIX ?= impression:2,bm25:3@10-50,ann:3@30-100,gold:1,random:1
 export HF_HUB_OFFLINE := 1
 export TRIPLEMINER_DATA := $(abspath $(DATA))
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The sub-minute loop: no shared data, no models.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
 	$(PY) benchmarks/mine_speed.py

@@ -30,6 +30,7 @@ def sharded(ids, texts, queries, settings, num_shards, k, tmp_path):
     return [merge_top_k(p, k) for p in parts]
 
 
+@pytest.mark.slow
 def test_backends_agree_on_scifact_top10(sample, tmp_path):
     ids, texts, queries = sample
     rankings = {b: sharded(ids, texts, queries, bm25.BM25Settings(backend=b), 1, 10, tmp_path) for b in bm25.BACKENDS}
@@ -40,6 +41,7 @@ def test_backends_agree_on_scifact_top10(sample, tmp_path):
         assert all(np.all(np.diff(scores) <= 1e-6) for _, scores in ranking)  # best first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", bm25.BACKENDS)
 def test_shards_with_corpus_stats_equal_one_index(sample, tmp_path, backend):
     ids, texts, queries = sample
@@ -54,6 +56,7 @@ def test_shards_with_corpus_stats_equal_one_index(sample, tmp_path, backend):
         assert all(np.isclose(score1[d], score4[d], rtol=1e-5) for d in set(ids1) & set(ids4))
 
 
+@pytest.mark.slow
 def test_single_shard_equals_plain_bm25s(sample, tmp_path):
     import bm25s
     import Stemmer

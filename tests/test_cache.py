@@ -10,22 +10,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tripleminer.pipelines.stats import counters
-from tripleminer.transforms.cache import SCORES, VECTORS, BatchCompute, CachedCompute, content_key
+from tripleminer.transforms.cache import SCORES, VECTORS, CachedCompute, content_key
 
 
-class _Length(BatchCompute):
-    """A cheap real computation: the length of a text, as a score."""
+class _Length(ModelHandler):
+    """A cheap real "model" behind RunInference: the length of a text, as a score, in batches of 2-3."""
 
     def __init__(self) -> None:
-        super().__init__(SCORES)
+        super().__init__(min_batch_size=2, max_batch_size=3)
         self.computed = Metrics.counter("test", "computed")
 
-    def compute(self, texts: List[str]) -> List[float]:
-        self.computed.inc(len(texts))
-        return [float(len(t)) for t in texts]
+    def load_model(self):
+        return len
+
+    def run_inference(self, batch: List[str], model, inference_args=None) -> List[PredictionResult]:
+        assert 1 <= len(batch) <= 3
+        self.computed.inc(len(batch))
+        return [PredictionResult(t, float(model(t))) for t in batch]
+
+    def get_metrics_namespace(self) -> str:
+        return "test_runinference"
 
 
 def run(items, cache_dir, out_dir):
@@ -33,12 +41,13 @@ def run(items, cache_dir, out_dir):
     p = beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"]))
     (
         p | beam.Create(items)
-        | CachedCompute(str(cache_dir), "len", content_key, _Length(), 2, 3, "test", "hits")
+        | CachedCompute(str(cache_dir), "len", content_key, _Length(), SCORES, "test", "hits")
         | beam.Map(repr) | beam.io.WriteToText(str(out_dir / "values"))
     )
     result = p.run()
     result.wait_until_finish()
     values = sorted(ast.literal_eval(line) for f in out_dir.glob("values*") for line in f.read_text().splitlines())
+    run.inferences = counters(result).get("test_runinference", {}).get("num_inferences", 0)  # RunInference's own count
     return values, counters(result).get("test", {})
 
 
@@ -46,10 +55,11 @@ def test_each_payload_is_computed_once_and_a_rerun_computes_nothing(tmp_path):
     items = [("a", "x"), ("b", "yy"), ("c", "x"), ("a", "x"), ("d", "zzz"), ("e", "yy"), ("f", "wwww")]
     expected = [("a", 1.0), ("b", 2.0), ("c", 1.0), ("d", 3.0), ("e", 2.0), ("f", 4.0)]  # one value per distinct id
     values, count = run(items, tmp_path / "cache", tmp_path / "o1")
-    assert values == expected and count == {"computed": 4}  # x, yy, zzz, wwww
-    assert len(list((tmp_path / "cache").glob("len-*.parquet"))) >= 1
+    assert values == expected and count == {"computed": 4} and run.inferences == 4  # x, yy, zzz, wwww
+    files = list((tmp_path / "cache").glob("len-*.parquet"))
+    assert files and sorted(r["score"] for f in files for r in pq.read_table(f).to_pylist()) == [1.0, 2.0, 3.0, 4.0]
     values, count = run(items, tmp_path / "cache", tmp_path / "o2")
-    assert values == expected and count == {"hits": 6}
+    assert values == expected and count == {"hits": 6} and run.inferences == 0  # only misses reach RunInference
     values, count = run(items + [("g", "vvvvv")], tmp_path / "cache", tmp_path / "o3")  # a grown input
     assert values == expected + [("g", 5.0)] and count == {"hits": 6, "computed": 1}
 

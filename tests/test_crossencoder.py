@@ -4,10 +4,7 @@ dropped by the Beam transform while an irrelevant negative is kept."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,7 +13,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from conftest import REPO, read_jsonl, read_rows
+from conftest import read_jsonl, read_rows
 from tripleminer.pipelines import mine
 from tripleminer.rerank import train
 from tripleminer.rerank.score import load_cross_encoder, score_pairs
@@ -117,42 +114,10 @@ def test_train_help_explains_options(capsys):
 
 
 # ------------------------------------------------------------------ a real cross-encoder on SciFact
-
-# Small enough for CI on 2 CPU cores: 300 training rows x (positive + 1 BM25 + 1 random negative), titles
-# and the start of abstracts (64 tokens), 2 epochs of batch 8 = 225 steps. Fewer steps do not get past
-# predicting the class prior (measured: 19-170 steps of batch 16 leave every pair at ~0.3).
-MINE_ARGS = ["--negatives", "bm25:1@10-100,random:1", "--seed", "13"]
-TRAIN_ARGS = ["--max_rows", "300", "--negatives_per_positive", "all", "--max_length", "64", "--epochs", "2",
-              "--batch_size", "8", "--learning_rate", "1e-4", "--seed", "13", "--device", "cpu"]
+# (the `trained_ce` fixture is in conftest.py)
 
 
-def cache_dir() -> Path:
-    """Where trained test models are kept between runs ($TRIPLEMINER_TEST_CACHE, default work/test-cache)."""
-    return Path(os.environ.get("TRIPLEMINER_TEST_CACHE", REPO / "work" / "test-cache"))
-
-
-@pytest.fixture(scope="session")
-def trained_ce(scifact, tmp_path_factory) -> Path:
-    """A cross-encoder trained by `tripleminer train-cross-encoder` on mined SciFact triples, trained
-    once per settings: the directory name hashes the mine and train arguments."""
-    key = hashlib.blake2b(json.dumps([MINE_ARGS, TRAIN_ARGS]).encode(), digest_size=8).hexdigest()
-    model_dir = cache_dir() / f"ce-{key}"
-    if (model_dir / train.SETTINGS_FILE).exists():
-        return model_dir
-    work = tmp_path_factory.mktemp("ce-train")
-    mine.run([
-        "--corpus", str(scifact / "corpus.jsonl"), "--queries", str(scifact / "queries.jsonl"),
-        "--qrels", str(scifact / "qrels" / "train.tsv"), "--output", str(work / "mined"),
-        "--work_dir", str(work / "work"), *MINE_ARGS,
-    ])
-    staging = work / "model"
-    assert train.main(["--train_data", str(work / "mined" / "triples-*.parquet"), "--output_dir", str(staging), *TRAIN_ARGS]) == 0
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.move(str(staging), str(model_dir))  # whole or not at all: the settings file marks a finished model
-    return model_dir
-
-
+@pytest.mark.slow
 def test_scores_are_probabilities(trained_ce):
     model = load_cross_encoder(str(trained_ce))
     scores = score_pairs(model, [("a query", "a passage"), ("another query", "")])
@@ -197,6 +162,7 @@ def check_planted(rows: List[Dict[str, Any]], got: List[tuple]) -> None:
     assert len(irrelevant & set(report)) <= len(rows) // 8, f"irrelevant documents dropped: {sorted(set(report) & irrelevant)}"
 
 
+@pytest.mark.slow
 def test_planted_false_negatives_are_dropped_and_irrelevant_kept(trained_ce, scifact, tmp_path):
     rows = planted_rows(scifact, 100)  # every test query with two judged documents (23)
     with TestPipeline() as p:
@@ -205,6 +171,7 @@ def test_planted_false_negatives_are_dropped_and_irrelevant_kept(trained_ce, sci
         assert_that(tagged | beam.Flatten(), lambda got: check_planted(rows, got))
 
 
+@pytest.mark.slow
 def test_mine_pipeline_denoises_with_the_cross_encoder(trained_ce, scifact, tmp_path):
     """`tripleminer mine --cross_encoder`: every kept negative carries its CE score at or under the
     threshold, every dropped one is in ce_flagged-*.jsonl, and stats hold the false-negative rates."""

@@ -8,6 +8,7 @@ from tripleminer.encoders import Encoder, EncoderSettings, default_model
 from tripleminer.schemas.outputs import passage_text
 
 
+@pytest.mark.slow
 def test_onnx_backend_matches_torch(scifact):
     texts = [passage_text(d) for d in read_jsonl(scifact / "corpus.jsonl")[:12]] + ["a short query", "x"]
     vectors = {b: Encoder(EncoderSettings(default_model(), max_seq_length=128, backend=b)).encode(texts) for b in ("torch", "onnx")}

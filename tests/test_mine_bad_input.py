@@ -3,8 +3,12 @@ for (dead letter with its reason, or a named counter), and the good ones still m
 
 import json
 
+import pytest
+
 from conftest import read_rows
 from tripleminer.pipelines import mine
+
+pytestmark = pytest.mark.slow  # the whole mine pipeline (mine.run), on hand-made inputs
 
 
 def write_lines(path, lines):

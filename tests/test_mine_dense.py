@@ -14,6 +14,8 @@ from tripleminer.pipelines import mine
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.embed import text_key
 
+pytestmark = pytest.mark.slow  # the real MiniLM on a SciFact slice
+
 
 @pytest.fixture(scope="module")
 def slice_dir(scifact, tmp_path_factory):

@@ -12,6 +12,8 @@ from tripleminer.io.writers import OutputExistsError
 from tripleminer.pipelines import mine
 from tripleminer.schemas.outputs import NESTED_SCHEMA, read_run_metadata
 
+pytestmark = pytest.mark.slow  # the whole mine pipeline on SciFact
+
 MIX = "impression:2,bm25:3@5-50,gold:1,random:1"
 
 

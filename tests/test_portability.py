@@ -12,6 +12,8 @@ import pytest
 from conftest import canonical, read_rows
 from tripleminer.pipelines import mine
 
+pytestmark = pytest.mark.slow  # the whole mine pipeline on SciFact, twice
+
 
 def free_port() -> int:
     with socket.socket() as s:

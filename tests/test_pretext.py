@@ -51,6 +51,7 @@ def test_sentences_are_exact_substrings_and_respect_abbreviations():
                          "(n = 7) No."]
 
 
+@pytest.mark.slow
 def test_sentences_of_scifact_cover_the_text(docs):
     for doc in docs:
         sentences = split_sentences(doc["text"])
@@ -61,6 +62,7 @@ def test_sentences_of_scifact_cover_the_text(docs):
 # ------------------------------------------------------------------------------------ ICT
 
 
+@pytest.mark.slow
 def test_ict_query_is_a_sentence_and_kept_with_probability_p(docs):
     config = pt.IctConfig(rate=10, query_in_block_prob=0.1)
     kept = total = 0
@@ -87,6 +89,7 @@ def test_ict_skips_passages_with_one_sentence():
 # ------------------------------------------------------------------------------------ crop
 
 
+@pytest.mark.slow
 def test_crops_are_contiguous_word_runs_within_ratio_bounds(docs):
     config = pt.CropConfig(rate=3, ratio_min=0.1, ratio_max=0.5)
     for doc in docs:
@@ -148,6 +151,7 @@ def _shared_spans(doc, pair, config) -> List[tuple]:
     return explained
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.0, 1.0])
 def test_span_pairs_share_a_valid_recurring_span(docs, keep):
     config = pt.SpanConfig(keep_answer_prob=keep)
@@ -165,6 +169,7 @@ def test_span_pairs_share_a_valid_recurring_span(docs, keep):
     assert any(p["candidates"] for d in docs[:50] for p in pt.span_pairs(d, 5, config))
 
 
+@pytest.mark.slow
 def test_span_keeps_the_span_in_the_query_with_probability_p(docs):
     # Only the keep decision depends on keep_answer_prob, so a pair is "kept" when it equals its always-keep twin.
     kept, total = 0, 0
@@ -176,6 +181,7 @@ def test_span_keeps_the_span_in_the_query_with_probability_p(docs):
     assert _within(kept / total, 0.5, total), kept / total
 
 
+@pytest.mark.slow
 def test_span_skips_documents_with_one_passage(docs):
     short = next(d for d in docs if len(d["text"].split()) <= 100)
     assert pt.span_pairs(short, 0, pt.SpanConfig(passage_words=100)) == []
@@ -194,6 +200,7 @@ def test_recurring_span_filters():
 # ------------------------------------------------------------------------------------ augment
 
 
+@pytest.mark.slow
 def test_augment_rates_are_near_p(docs):
     text = " ".join(d["text"] for d in docs[:150])
     config = pt.AugmentConfig(deletion_prob=0.1, replacement_prob=0.1, masking_prob=0.1)
@@ -213,6 +220,7 @@ def test_augment_with_zero_probabilities_is_identity(text, seed):
     assert pt.augment_pair(pair, seed, [], config) == pair
 
 
+@pytest.mark.slow
 def test_augment_touches_only_the_configured_side(docs):
     pair = pt.ict_pairs(docs[0], 0)[0]
     out = pt.augment_pair(pair, 0, ["x"], pt.AugmentConfig(masking_prob=0.5, sides=("positive",)))
@@ -220,6 +228,7 @@ def test_augment_touches_only_the_configured_side(docs):
     assert pair == pt.ict_pairs(docs[0], 0)[0], "the input pair must not be mutated"
 
 
+@pytest.mark.slow
 def test_vocabulary_sample_ignores_document_order(docs):
     sample = pt.vocabulary_sample(docs, 500, seed=1)
     assert len(sample) == 500 and sample == pt.vocabulary_sample(list(reversed(docs)), 500, seed=1)
@@ -229,6 +238,7 @@ def test_vocabulary_sample_ignores_document_order(docs):
 # ------------------------------------------------------------------------------------ determinism
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generate", [pt.ict_pairs, pt.crop_pairs, pt.span_pairs])
 def test_same_seed_same_pairs_whatever_the_order(docs, generate):
     forward = [p for d in docs[:100] for p in generate(d, 42)]
@@ -242,12 +252,14 @@ def test_rng_derivation_is_pinned():
     assert pt.derive_rng(0, "ict", "4983", 0).random() == 0.9263842756699716
 
 
+@pytest.mark.slow
 def test_pair_index_rng_makes_higher_rates_extend_lower_ones(docs):
     one = _by_id(pt.span_pairs(docs[0], 1, pt.SpanConfig(rate=1)))
     three = _by_id(pt.span_pairs(docs[0], 1, pt.SpanConfig(rate=3)))
     assert one.items() <= three.items() and len(three) == 3
 
 
+@pytest.mark.slow
 def test_fractional_rate_gives_that_many_pairs_on_average(docs):
     total = sum(len(pt.crop_pairs(d, 0, pt.CropConfig(rate=0.3))) for d in docs)
     assert _within(total / len(docs), 0.3, len(docs))
@@ -269,6 +281,7 @@ def test_invalid_configs_are_rejected(make):
 # ------------------------------------------------------------------------------------ Beam
 
 
+@pytest.mark.slow
 def test_beam_transforms_match_pure_functions(docs):
     sample = docs[:40]
     expected_span = [p for d in sample for p in pt.span_pairs(d, 9)]
@@ -283,6 +296,7 @@ def test_beam_transforms_match_pure_functions(docs):
         assert_that(ict, equal_to(expected_ict), label="IctMatches")
 
 
+@pytest.mark.slow
 def test_beam_counters_count_docs_pairs_and_skips(docs):
     sample = docs[:30] + [{"doc_id": "one", "title": "", "text": "A single sentence."}]
     pipeline = beam.Pipeline(runner="DirectRunner")
@@ -295,6 +309,7 @@ def test_beam_counters_count_docs_pairs_and_skips(docs):
     assert pt.counter_value(result, "ict", "skipped_too_few_sentences") == 1
 
 
+@pytest.mark.slow
 def test_same_doc_candidates_feed_the_negative_sampler(docs):
     pair = next(p for d in docs for p in pt.span_pairs(d, 0) if p["candidates"])
     pools = {pool["source"]: pool for pool in pair["candidates"]}
@@ -304,6 +319,18 @@ def test_same_doc_candidates_feed_the_negative_sampler(docs):
     assert all(n["source"] == "same_doc" and n["text"] and n["doc_id"] != positive for n in negatives)
 
 
-def test_measure_throughput_counts_pairs(docs):
-    result = pt.measure_throughput("crop", docs[:20], seed=0)
-    assert result.pairs == 20 and result.pairs_per_second > 0
+@pytest.mark.slow
+def test_generator_table_runs_generators_and_derives_their_options(docs):
+    crop = pt.GENERATORS[pt.CROP]
+    assert sum(len(crop.pairs(d, 0, crop.config())) for d in docs[:20]) == 20
+    flags = {name: [o.flag for o in pt.generator_options(gen)] for name, gen in pt.GENERATORS.items()}
+    assert flags == {"ict": ["--ict_query_in_block_prob"],
+                     "crop": ["--crop_ratio_min", "--crop_ratio_max", "--crop_min_words"],
+                     "span": ["--span_passage_words", "--span_max_span_words", "--span_query_window_words",
+                              "--span_keep_answer_prob"]}
+    values = {o.dest: o.default for gen in pt.GENERATORS.values() for o in pt.generator_options(gen)}
+    assert pt.make_config(pt.SPAN, 0.5, {**values, "span_passage_words": 50}) == pt.SpanConfig(0.5, passage_words=50)
+    assert [o.flag for o in pt.augment_options()] == ["--augment_deletion_prob", "--augment_replacement_prob",
+                                                      "--augment_masking_prob", "--augment_mask_token"]
+    assert pt.make_augment_config(["positive"], {"augment_masking_prob": 0.3}) == pt.AugmentConfig(
+        masking_prob=0.3, sides=("positive",))

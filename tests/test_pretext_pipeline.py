@@ -58,6 +58,7 @@ def expected_pairs(docs):
             for pair in fn(doc, SEED, config)}
 
 
+@pytest.mark.slow
 def test_schema_and_run_metadata(mined):
     base, _, _ = mined
     files = sorted((base / "out").glob("triples-*.parquet"))
@@ -68,6 +69,7 @@ def test_schema_and_run_metadata(mined):
     assert meta["seed"] == SEED and meta["generators"] == GENERATORS and meta["negatives"] == MIX
 
 
+@pytest.mark.slow
 def test_positives_are_the_generators_pairs(mined, corpus):
     _, _, rows = mined
     want = expected_pairs(corpus[1])
@@ -79,6 +81,7 @@ def test_positives_are_the_generators_pairs(mined, corpus):
         assert r["query"] == pair["query"] and r["positive"]["text"] == pair["positives"][0]["text"]
 
 
+@pytest.mark.slow
 def test_negatives_never_the_source_document(mined, corpus):
     _, _, rows = mined
     docs = corpus[1]
@@ -107,6 +110,7 @@ def test_negatives_never_the_source_document(mined, corpus):
             assert per_source["same_doc"] == 0
 
 
+@pytest.mark.slow
 def test_counts_reconcile_with_rows(mined):
     _, stats, rows = mined
     positives = collections.Counter(r["positive"]["source"] for r in rows)
@@ -126,6 +130,7 @@ def test_counts_reconcile_with_rows(mined):
     assert stats["counters"]["read"]["corpus_ok"] == N_DOCS and stats["dead_letters"] == {}
 
 
+@pytest.mark.slow
 def test_deterministic_across_runner_modes(mined, corpus, tmp_path):
     base, _, rows = mined
     again = tmp_path / "again"
@@ -133,6 +138,7 @@ def test_deterministic_across_runner_modes(mined, corpus, tmp_path):
     assert canonical(read_rows(again)) == canonical(rows)
 
 
+@pytest.mark.slow
 def test_augmentation_changes_queries_not_negatives(mined, corpus, tmp_path):
     """Negatives are retrieved and drawn for the original pair, so augmenting the query leaves them as they were."""
     base, _, rows = mined
@@ -150,6 +156,7 @@ def test_augmentation_changes_queries_not_negatives(mined, corpus, tmp_path):
     assert {g: s["augmented"] for g, s in stats["pretext"].items()} == stats["positives_per_source"]
 
 
+@pytest.mark.slow
 def test_ntuple_layout(mined, corpus, tmp_path):
     """The flat layouts are the mining pipeline's; same_doc counts toward N only where a span pair has it."""
     base, _, rows = mined
@@ -162,12 +169,14 @@ def test_ntuple_layout(mined, corpus, tmp_path):
     assert sorted(table.column("anchor").to_pylist()) == sorted(r["query"] for r in rows if len(r["negatives"]) >= 4)
 
 
+@pytest.mark.slow
 def test_refuses_non_empty_output_without_overwrite(mined, corpus):
     base, _, _ = mined
     with pytest.raises(OutputExistsError, match="--overwrite"):
         pretext.run(args(corpus[0], base / "out", base / "work"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (["--negatives", "impression:1"], "unknown source 'impression'"),
     (["--negatives", "random:1@1-10"], "random is unranked"),

@@ -10,12 +10,14 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 import pytest
 
 from conftest import read_rows
 from tripleminer.pipelines import mine
+
+pytestmark = pytest.mark.slow  # the whole mine pipeline (mine.run), twice, on hand-made inputs
 
 MAX_DOC_CHARS = 2000
 
@@ -93,8 +95,18 @@ def write(path: Path, lines: List[bytes], sep: bytes = b"\n") -> int:
     return len(lines)
 
 
+class Mined(NamedTuple):
+    """One mine run on the input above, shared by every test of the module (the run is the slow part)."""
+
+    n_lines: Dict[str, int]  # physical lines written per input
+    stats: Dict[str, Any]  # what mine.run returned
+    on_disk: Dict[str, Any]  # stats.json
+    dead: List[Dict[str, str]]  # every dead letter written
+    rows: List[Dict[str, Any]]  # every row written
+
+
 @pytest.fixture(scope="module")
-def mined(tmp_path_factory):
+def mined(tmp_path_factory) -> Mined:
     base = tmp_path_factory.mktemp("accounting")
     n_lines = {
         "corpus": write(base / "corpus.jsonl", corpus_lines(), b"\r\n"),  # CRLF line endings
@@ -111,7 +123,7 @@ def mined(tmp_path_factory):
     ])
     on_disk = json.loads((out / "stats.json").read_text())
     dead = [json.loads(line) for f in sorted(out.glob("dead_letter-*.jsonl")) for line in f.read_text().splitlines()]
-    return n_lines, stats, on_disk, dead, read_rows(out)
+    return Mined(n_lines, stats, on_disk, dead, read_rows(out))
 
 
 def test_stats_json_is_what_run_returned(mined):
@@ -155,36 +167,66 @@ def test_reconciliation_equations(mined):
     assert stats["rows_with_fewer_negatives_than_asked"] == sum(len(r["negatives"]) < 5 for r in rows)
 
 
-def test_each_case_ends_where_expected(mined):
-    n_lines, _, stats, dead, rows = mined
-    c = stats["counters"]
+# Each case of the input above, where it must end (stats.json's numbers, dead letters, rows).
+
+
+def test_corpus_lines_end_as_records_dead_letters_or_blank(mined):
     # corpus: 20 lines = 15 records + 4 dead letters + 1 blank; 15 = 13 unique + 1 exact + 1 conflict
-    assert n_lines["corpus"] == 20
+    c = mined.on_disk["counters"]
+    assert mined.n_lines["corpus"] == 20
     assert c["read"]["corpus_ok"] == 15 and c["read"]["corpus_dead_letter"] == 4 and c["read"]["corpus_blank_or_header_lines"] == 1
     assert c["dedupe"]["corpus_unique"] == 13
+
+
+def test_query_lines_end_as_unique_records_or_dead_letters(mined):
     # queries: 8 lines = 6 + 1 + 1; 6 = 4 unique + 1 exact + 1 conflict
+    c = mined.on_disk["counters"]
     assert (c["read"]["queries_ok"], c["read"]["queries_dead_letter"], c["dedupe"]["queries_unique"]) == (6, 1, 4)
+
+
+def test_qrels_lines_end_as_positive_pairs_or_dead_letters(mined):
     # qrels: 12 lines = 9 + 2 + header; 9 = 8 positive pairs + 1 below threshold
+    c = mined.on_disk["counters"]
     assert (c["read"]["qrels_ok"], c["read"]["qrels_dead_letter"], c["positives"]["qrel_pairs"]) == (9, 2, 8)
+
+
+def test_session_lines_end_as_unique_sessions_or_dead_letters(mined):
     # sessions: 9 lines = 6 + 2 + 1 blank; 6 = 4 unique + 1 exact + 1 conflict
+    c = mined.on_disk["counters"]
     assert (c["read"]["sessions_ok"], c["read"]["sessions_dead_letter"], c["dedupe"]["sessions_unique"]) == (6, 2, 4)
+
+
+def test_log_clicks_and_impressions_are_counted(mined):
+    c = mined.on_disk["counters"]
     assert c["log"]["clicks_not_in_impressions"] == 3 and c["log"]["sessions_without_impressions"] == 1
     assert c["log"]["sessions_without_click"] == 1  # s3
     assert c["candidates"]["impression_unknown_doc"] == 1
     assert c["positives"]["click_pairs"] == 5
+
+
+def test_positive_pairs_end_as_rows_or_dead_letters(mined):
     # 11 distinct positive pairs = 5 rows + 4 on unknown documents + 2 of queries without text
+    stats = mined.on_disk
+    c = stats["counters"]
     assert stats["rows"] == 5 and c["positives"]["unknown_doc_dead_letter"] == 4
     assert c["positives"]["pairs_of_query_without_text"] == 2
+
+
+def test_every_query_id_ends_in_exactly_one_outcome(mined):
     # every query id seen (queries file, log texts, labels) ends in exactly one named outcome:
     # 9 ids {q1, q2, 7, q11 | q9, q10 | q3, q12 | q8} = 4 with a positive + 2 without + 2 without text
     # + 1 with labels on unknown documents only
+    stats = mined.on_disk
+    c = stats["counters"]
     ids = {"q1", "q2", "q9", "7"} | {"q2", "q10", "q11"} | {"q1", "q2", "q3", "q8", "7", "q11", "q12"}
     outcomes = ["with_positive", "without_positive", "no_text_dead_letter", "no_text_and_only_unknown_docs"]
     assert sum(c["queries"][o] for o in outcomes) == len(ids) == 9
     assert (stats["queries_with_positive"], stats["queries_without_positive"]) == (4, 2)
     assert (c["queries"]["no_text_dead_letter"], c["queries"]["no_text_and_only_unknown_docs"]) == (2, 1)
 
-    reasons = sorted((d["input"], d["reason"].split(":")[0]) for d in dead)
+
+def test_each_bad_record_is_a_dead_letter_with_its_reason(mined):
+    reasons = sorted((d["input"], d["reason"].split(":")[0]) for d in mined.dead)
     assert reasons == sorted([
         ("corpus", "duplicate id 'd0' with different content"),
         ("corpus", "malformed JSON"),
@@ -205,18 +247,44 @@ def test_each_case_ends_where_expected(mined):
         ("positives", "doc_id 'ghost' is not in the corpus"),
         ("positives", "doc_id 'nodoc' is not in the corpus"),
     ])
-    for d in dead:
+
+
+def test_dead_letters_have_every_field_and_reader_ones_name_their_file(mined):
+    for d in mined.dead:
         assert set(d) == {"input", "file", "reason", "raw"} and d["raw"]
         if d["input"] in ("qrels",) or d["reason"].startswith(("malformed", "not UTF-8", "document too large")):
             assert d["file"].endswith((".tsv", ".jsonl")), d  # reader dead letters name their file
 
-    by_pair = {(r["query_id"], r["positive"]["doc_id"]): r for r in rows}
-    assert set(by_pair) == {("q1", "d1"), ("q2", "d2"), ("q2", "d11"), ("7", "d7"), ("q11", "d10")}
-    assert by_pair[("q1", "d1")]["positive"]["label"] == 2.0  # the higher of the two judgements
+
+def rows_by_pair(mined: Mined) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    return {(r["query_id"], r["positive"]["doc_id"]): r for r in mined.rows}
+
+
+def test_rows_are_the_positive_pairs_on_known_documents(mined):
+    assert set(rows_by_pair(mined)) == {("q1", "d1"), ("q2", "d2"), ("q2", "d11"), ("7", "d7"), ("q11", "d10")}
+
+
+def test_a_pair_judged_twice_keeps_the_higher_label(mined):
+    assert rows_by_pair(mined)[("q1", "d1")]["positive"]["label"] == 2.0  # the higher of the two judgements
+
+
+def test_a_pair_from_qrels_and_clicks_is_one_row_counted_once(mined):
+    by_pair = rows_by_pair(mined)
     assert by_pair[("q2", "d2")]["positive"]["source"] == "qrel+click"
-    assert by_pair[("q2", "d2")]["query"] == "topic 2" and by_pair[("q11", "d10")]["query"] == "log query eleven"
     assert by_pair[("q2", "d2")]["positive"]["clicks"] == 1  # the replayed s1 was not counted twice
-    assert by_pair[("q1", "d1")]["positive"]["text"].startswith("text about topic 1")  # first (BOM) and CRLF lines read
+
+
+def test_query_text_comes_from_the_queries_file_else_the_log(mined):
+    by_pair = rows_by_pair(mined)
+    assert by_pair[("q2", "d2")]["query"] == "topic 2" and by_pair[("q11", "d10")]["query"] == "log query eleven"
+
+
+def test_bom_and_crlf_lines_are_read(mined):
+    assert rows_by_pair(mined)[("q1", "d1")]["positive"]["text"].startswith("text about topic 1")  # first (BOM) and CRLF lines read
+
+
+def test_negatives_are_distinct_never_a_positive_nor_a_dead_lettered_document(mined):
+    by_pair = rows_by_pair(mined)
     for (qid, _), r in by_pair.items():
         ids = [n["doc_id"] for n in r["negatives"]]
         assert len(ids) == len(set(ids)) and not set(ids) & {p for (q2, p) in by_pair if q2 == qid}

@@ -38,6 +38,8 @@ from tripleminer.schemas.outputs import NESTED_SCHEMA
 from tripleminer.transforms import sample as sample_module
 
 N_DOCS, N_QUERIES = 40, 12
+# Tests marked `slow` here run the whole mine pipeline (mine.run, several seconds each, some twice or in a
+# subprocess); the two that test the writers alone stay in the fast `-m "not slow"` set.
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,7 @@ def test_transient_failures_are_retried_without_duplicates(tmp_path, monkeypatch
     assert sorted(f.name for f in out.iterdir()) == ["triples-00000-of-00002.parquet", "triples-00001-of-00002.parquet"]  # no temp leftovers
 
 
+@pytest.mark.slow
 def test_mine_retried_stage_gives_the_same_rows(inputs, clean_rows, tmp_path, monkeypatch):
     """The whole mine pipeline on a bundle-retrying runner, with its sampling stage failing once
     mid-bundle: the same rows as a clean run, none twice."""
@@ -147,6 +150,7 @@ def test_mine_retried_stage_gives_the_same_rows(inputs, clean_rows, tmp_path, mo
     assert canonical(rows) == clean_rows
 
 
+@pytest.mark.slow
 def test_failure_on_the_default_runner_fails_the_run_cleanly(inputs, clean_rows, tmp_path, monkeypatch):
     """FnApiRunner does not retry bundles: the run fails, with no shard and no stats.json; a rerun
     with --overwrite then writes a clean, complete output."""
@@ -223,6 +227,7 @@ def run_and_kill(tmp_path: Path, mode: str, argv: List[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_kill_while_writing_leaves_no_shard(inputs, clean_rows, tmp_path):
     out = tmp_path / "out"
     run_and_kill(tmp_path, "write", mine_args(inputs, out, "--num_shards", "3"))
@@ -236,6 +241,7 @@ def test_kill_while_writing_leaves_no_shard(inputs, clean_rows, tmp_path):
     assert not list(out.glob("beam-temp-*"))
 
 
+@pytest.mark.slow
 def test_kill_while_finalizing_leaves_only_whole_shards(inputs, clean_rows, tmp_path):
     out = tmp_path / "out"
     run_and_kill(tmp_path, "finalize", mine_args(inputs, out, "--num_shards", "3"))
@@ -268,6 +274,7 @@ def old_output(first_output, tmp_path):
     return out, snapshot(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,extra,error", [
     ("bad negative mix", ["--negatives", "bm25:2,nonsense:1"], ValueError),
     ("impression without log", ["--negatives", "impression:1"], ValueError),
@@ -284,6 +291,7 @@ def test_refused_run_with_overwrite_keeps_the_old_output(inputs, old_output, tmp
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_rerun_without_overwrite_is_refused_and_with_it_replaces_everything(inputs, old_output, clean_rows):
     out, before = old_output
     with pytest.raises(OutputExistsError, match=r"--output .* is not empty \(5 files\); pass --overwrite"):

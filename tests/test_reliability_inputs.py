@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tripleminer.io.readers import RAW_LIMIT, InputError, ReadRecords
+from tripleminer.io.readers import InputError, ReadRecords
+from tripleminer.schemas.outputs import RAW_LIMIT
 from tripleminer.schemas.inputs import CORPUS_SCHEMA, QRELS_SCHEMA, SESSIONS_SCHEMA
 
 MAX_DOC_CHARS = 5000  # the corpus cases run with a small bound so the "huge" document stays small

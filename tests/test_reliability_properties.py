@@ -18,11 +18,13 @@ from typing import Any, Dict
 
 import apache_beam as beam
 import pyarrow as pa
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tripleminer.io.readers import DEAD, RAW_LIMIT, ReadRecords, _ParseLine
+from tripleminer.io.readers import DEAD, ReadRecords, _ParseLine
+from tripleminer.schemas.outputs import RAW_LIMIT
 from tripleminer.schemas.inputs import BEIR_ALIASES, INPUT_SCHEMAS, VALIDATORS, InvalidRecord, validate_doc
 from tripleminer.transforms.common import candidates
 from tripleminer.transforms.positives import positive
@@ -191,6 +193,7 @@ def _permuted(cand: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
     return {k: [v[i] for i in order] if isinstance(v, list) else v for k, v in cand.items()}
 
 
+@pytest.mark.slow  # not data nor a model: 5 hypothesis examples, each a Beam pipeline (~10 s together)
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 @given(inputs=sampling_inputs(), shuffle_seed=st.integers(0, 2**31))
 def test_beam_sampling_is_order_independent_and_keeps_the_invariants(tmp_path, inputs, shuffle_seed):

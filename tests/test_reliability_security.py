@@ -67,6 +67,7 @@ def tiny_models(tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 def test_encoder_loads_safetensors_and_refuses_pickled_weights(tiny_models, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -87,6 +88,7 @@ def test_encoder_loads_safetensors_and_refuses_pickled_weights(tiny_models, tmp_
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_cross_encoder_loads_safetensors_and_refuses_pickled_weights(tiny_models):
     from sentence_transformers import CrossEncoder
 

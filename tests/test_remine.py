@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import read_jsonl
 from tripleminer.pipelines import remine
+
+pytestmark = pytest.mark.slow  # SciFact and two rounds of model training
 
 
 def test_two_rounds_mine_with_the_previous_model(scifact, tmp_path):

@@ -14,6 +14,8 @@ from tripleminer.trainer.distributed import DistContext, sum_across_ranks, wrap_
 from tripleminer.trainer.losses import LOSSES, ContrastiveLoss
 from tripleminer.trainer.model import DualEncoder
 
+pytestmark = pytest.mark.slow  # loads MiniLM in two gloo ranks
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

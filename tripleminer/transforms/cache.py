@@ -2,10 +2,11 @@
 
 Items are `(item_id, payload)`. Every payload has a content key; values already stored under the
 cache folder (Parquet files of `(key, value)`) are joined back by key, and only the misses are
-computed, in batches, by a `BatchCompute` DoFn. Identical payloads under several ids are computed
-once. Each bundle of computed values is written as its own cache file by the worker that computed
-it (no shuffle of the values to a single writer), so a rerun after a crash, or with a changed
-downstream option, recomputes only what is not yet stored.
+computed, in batches, by Beam's `RunInference` with a `ModelHandler` (the bi-encoder's in
+`transforms/embed.py`, the cross-encoder's in `transforms/crossencoder.py`). Identical payloads under
+several ids are computed once. Each bundle of computed values is written as its own cache file by
+the worker that computed it (no shuffle of the values to a single writer), so a rerun after a
+crash, or with a changed downstream option, recomputes only what is not yet stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -22,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.window import GlobalWindows
 
 log = logging.getLogger(__name__)
 MISS, CACHE = "miss", "cache"
@@ -79,28 +82,9 @@ SCORES = CacheFormat(  # float64: a cached score is bit-identical to the freshly
 )
 
 
-class BatchCompute(beam.DoFn):
-    """Computes a batch of misses: `(key, [(item_id, payload), ...])` -> `(item_id, value)` for every
-    distinct id, plus one table of cache rows per batch (tagged CACHE). Subclasses load their model
-    in `setup()` and implement `compute`."""
-
-    def __init__(self, cache_format: CacheFormat) -> None:
-        self.cache_format = cache_format
-
-    def compute(self, payloads: List[Any]) -> Sequence[Any]:
-        """The values of the payloads, in order."""
-        raise NotImplementedError
-
-    def process(self, batch: List[Tuple[str, List[Tuple[Hashable, Any]]]]) -> Iterator[Any]:
-        values = self.compute([items[0][1] for _, items in batch])
-        yield beam.pvalue.TaggedOutput(CACHE, self.cache_format.to_table([key for key, _ in batch], values))
-        for (_, items), value in zip(batch, values):
-            for item_id in dict.fromkeys(item_id for item_id, _ in items):
-                yield item_id, value
-
-
 class _SplitHits(beam.DoFn):
-    """Per content key: cached -> (id, value) for every distinct id with it; else one miss to compute."""
+    """Per content key: cached -> (id, value) for every distinct id with it; else one miss to compute,
+    `((key, distinct ids), payload)` (the keyed example RunInference carries to its value)."""
 
     def __init__(self, namespace: str, hits_counter: str) -> None:
         self.hits = Metrics.counter(namespace, hits_counter)
@@ -109,13 +93,44 @@ class _SplitHits(beam.DoFn):
         key, joined = element
         if not joined["items"]:
             return
+        ids = tuple(dict.fromkeys(item_id for item_id, _ in joined["items"]))
         if joined["cached"]:
-            ids = list(dict.fromkeys(item_id for item_id, _ in joined["items"]))
             self.hits.inc(len(ids))
             for item_id in ids:
                 yield item_id, joined["cached"][0]
         else:
-            yield beam.pvalue.TaggedOutput(MISS, (key, joined["items"]))
+            yield beam.pvalue.TaggedOutput(MISS, ((key, ids), joined["items"][0][1]))
+
+
+class _FanOut(beam.DoFn):
+    """RunInference's keyed results -> `(item_id, value)` for each id of a payload, plus cache rows
+    (tagged CACHE): one Arrow table per `rows_per_table` values and one at the end of each bundle,
+    so memory stays bounded by a batch and each bundle's values land in one cache file."""
+
+    def __init__(self, cache_format: CacheFormat, rows_per_table: int) -> None:
+        self.cache_format, self.rows_per_table = cache_format, max(1, rows_per_table)
+
+    def start_bundle(self) -> None:
+        self.keys: List[str] = []
+        self.values: List[Any] = []
+
+    def _table(self) -> pa.Table:
+        table = self.cache_format.to_table(self.keys, self.values)
+        self.keys, self.values = [], []
+        return table
+
+    def process(self, element: Tuple[Tuple[str, Tuple[Hashable, ...]], PredictionResult]) -> Iterator[Any]:
+        (key, ids), result = element
+        self.keys.append(key)
+        self.values.append(result.inference)
+        for item_id in ids:
+            yield item_id, result.inference
+        if len(self.keys) >= self.rows_per_table:
+            yield beam.pvalue.TaggedOutput(CACHE, self._table())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.keys:
+            yield beam.pvalue.TaggedOutput(CACHE, GlobalWindows.windowed_value(self._table()))
 
 
 def _cache_files(cache_dir: str, prefix: str) -> List[str]:
@@ -129,22 +144,25 @@ def _cache_files(cache_dir: str, prefix: str) -> List[str]:
 class CachedCompute(beam.PTransform):
     """(item_id, payload) -> (item_id, value), reusing and extending the cache under `cache_dir`.
 
-    `key_of(payload)` is the content key; cache files are `cache_dir/<prefix>-*.parquet`. Misses go to
-    `compute_fn` in batches of `min_batch_size`..`max_batch_size` (Beam's BatchElements, which adapts
-    to the measured cost of a batch). Cache hits count as `namespace/hits_counter`.
+    `key_of(payload)` is the content key; cache files are `cache_dir/<prefix>-*.parquet` in
+    `cache_format`. Only the misses reach Beam's `RunInference` with `model_handler` (a ModelHandler
+    from payloads to `PredictionResult`s whose `inference` is the value): it batches them with the
+    handler's `batch_elements_kwargs()` (BatchElements, which adapts to the measured cost of a batch),
+    loads the model once per worker process, and reports model-load and batch-latency metrics under
+    the handler's metrics namespace. Cache hits count as `namespace/hits_counter`.
     """
 
-    def __init__(self, cache_dir: str, prefix: str, key_of: Callable[[Any], str], compute_fn: BatchCompute,
-                 min_batch_size: int, max_batch_size: int, namespace: str, hits_counter: str) -> None:
+    def __init__(self, cache_dir: str, prefix: str, key_of: Callable[[Any], str], model_handler: ModelHandler,
+                 cache_format: CacheFormat, namespace: str, hits_counter: str) -> None:
         super().__init__()
-        self.cache_dir, self.prefix, self.key_of, self.compute_fn = cache_dir, prefix, key_of, compute_fn
-        self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
+        self.cache_dir, self.prefix, self.key_of = cache_dir, prefix, key_of
+        self.model_handler, self.cache_format = model_handler, cache_format
         self.namespace, self.hits_counter = namespace, hits_counter
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         files = _cache_files(self.cache_dir, self.prefix)
         log.info("%s cache: %d files under %s", self.prefix, len(files), self.cache_dir)
-        key_of, cache_format = self.key_of, self.compute_fn.cache_format
+        key_of, cache_format = self.key_of, self.cache_format
         cached = (
             items.pipeline | "CacheFiles" >> beam.Create(files)
             | "ReadCache" >> beam.io.ReadAllFromParquetBatched()
@@ -156,10 +174,11 @@ class CachedCompute(beam.PTransform):
             | "JoinCache" >> beam.CoGroupByKey()
             | "SplitHits" >> beam.ParDo(_SplitHits(self.namespace, self.hits_counter)).with_outputs(MISS, main="hits")
         )
+        rows_per_table = self.model_handler.batch_elements_kwargs().get("max_batch_size", 512)
         computed = (
             split[MISS]
-            | "Batch" >> beam.BatchElements(min_batch_size=self.min_batch_size, max_batch_size=self.max_batch_size)
-            | "Compute" >> beam.ParDo(self.compute_fn).with_outputs(CACHE, main="values")
+            | "Compute" >> RunInference(KeyedModelHandler(self.model_handler))
+            | "FanOut" >> beam.ParDo(_FanOut(cache_format, rows_per_table)).with_outputs(CACHE, main="values")
         )
         computed[CACHE] | "WriteCache" >> beam.io.WriteToParquetBatched(
             FileSystems.join(self.cache_dir, f"{self.prefix}-{uuid.uuid4().hex[:12]}"),

@@ -8,25 +8,26 @@ positives (source `ce_augmented`), and only very confident negatives are kept.
 
 Each distinct (query text, passage text) pair is scored once however many rows share it, and its
 score is cached under `WORK_DIR/ce_scores/<model key>/` (`transforms/cache.py`), so a rerun with
-other thresholds or another mix scores only new pairs. Pairs are scored `batch_pairs` at a time, so
-one model call sees hundreds of pairs (sorted by length inside `predict`). Rows are then joined with
-their scores per query, so augmentation sees all of a query's labels.
+other thresholds or another mix scores only new pairs. The pairs not in the cache go through Beam's
+`RunInference` with `CrossEncoderModelHandler`, `batch_pairs` at a time, so one model call sees
+hundreds of pairs (sorted by length inside `predict`) and the model loads once per worker process.
+Rows are then joined with their scores per query, so augmentation sees all of a query's labels.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.fingerprint import model_key
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.cache import SCORES, BatchCompute, CachedCompute, content_key
+from tripleminer.transforms.cache import SCORES, CachedCompute, content_key
 from tripleminer.transforms.common import Progress, timed
 
 NAMESPACE = "crossencoder"
@@ -172,37 +173,45 @@ def pairs_per_second(counters: Mapping[str, Mapping[str, int]]) -> float:
     return pairs / (busy_ms / 1000) if busy_ms else 0.0
 
 
-class _Model:
-    """Holds the loaded cross-encoder for `Shared` (which needs a weak-referenceable object)."""
+class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
+    """(query, passage) pairs -> `PredictionResult(pair, P(relevant))` with `rerank.score.score_pairs`,
+    one `predict` call per batch of `batch_pairs` pairs (sorted by length inside it).
+
+    Counts `crossencoder/pairs_scored` and the busy time `time/crossencoder_score_ms`; Beam's own
+    RunInference metrics go under `RunInference_crossencoder`.
+    """
 
     def __init__(self, settings: DenoiseSettings) -> None:
+        super().__init__(min_batch_size=settings.batch_pairs, max_batch_size=settings.batch_pairs)
+        self.settings = settings
+        self.pairs = Metrics.counter(NAMESPACE, "pairs_scored")
+        self._progress: Optional[Progress] = None
+
+    def load_model(self) -> Any:
         from tripleminer.io.fs import local_copy
         from tripleminer.rerank.score import load_cross_encoder
 
-        self.model = load_cross_encoder(local_copy(settings.model), max_length=settings.max_length, device=settings.device)
+        return load_cross_encoder(local_copy(self.settings.model), max_length=self.settings.max_length,
+                                  device=self.settings.device)
 
-
-class _ScorePairs(BatchCompute):
-    """(query, passage) pairs -> P(relevant), one model call per batch."""
-
-    def __init__(self, settings: DenoiseSettings) -> None:
-        super().__init__(SCORES)
-        self.settings, self._shared = settings, Shared()
-        self.pairs = Metrics.counter(NAMESPACE, "pairs_scored")
-
-    def setup(self) -> None:
-        # One copy per worker process, however many threads run this DoFn.
-        self._model = self._shared.acquire(lambda: _Model(self.settings), tag=repr(self.settings)).model
-        self.progress = Progress("cross-encoder", "pairs scored")
-
-    def compute(self, pairs: List[PairKey]) -> Any:
+    def run_inference(self, batch: Sequence[PairKey], model: Any,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
         from tripleminer.rerank.score import score_pairs
 
+        pairs = list(batch)
         with timed(SCORE_STAGE):
-            scores = score_pairs(self._model, pairs, self.settings.predict_batch_size)
+            scores = score_pairs(model, pairs, self.settings.predict_batch_size)
         self.pairs.inc(len(pairs))
-        self.progress.add(len(pairs))
-        return scores
+        if self._progress is None:
+            self._progress = Progress("cross-encoder", "pairs scored")
+        self._progress.add(len(pairs))
+        return [PredictionResult(pair, score) for pair, score in zip(pairs, scores)]
+
+    def get_num_bytes(self, batch: Sequence[PairKey]) -> int:
+        return sum(len(q) + len(p) for q, p in batch)  # characters: cheaper than Beam's default of pickling
+
+    def get_metrics_namespace(self) -> str:
+        return f"RunInference_{NAMESPACE}"
 
 
 class _Denoise(beam.DoFn):
@@ -245,12 +254,11 @@ class CrossEncoderDenoise(beam.PTransform):
         self.cache_dir = FileSystems.join(work_dir, "ce_scores", settings.key())
 
     def expand(self, rows: beam.PCollection) -> Dict[str, beam.PCollection]:
-        n = self.settings.batch_pairs
         scores = (
             rows
             | "PairsToScore" >> beam.FlatMap(_query_pairs)
             | "ScorePairs" >> CachedCompute(self.cache_dir, "pairs", lambda pair: content_key(*pair),
-                                            _ScorePairs(self.settings), n, n, NAMESPACE, "pair_cache_hits")
+                                            CrossEncoderModelHandler(self.settings), SCORES, NAMESPACE, "pair_cache_hits")
             | "KeyScoreByQuery" >> beam.MapTuple(lambda item, score: (item[0], (item[1], score)))
         )
         out = (

@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tripleminer.io.readers import DEAD, dead_letter
+from tripleminer.io.readers import DEAD
+from tripleminer.schemas.outputs import dead_letter
 
 
 class _PickOne(beam.DoFn):
@@ -35,7 +36,7 @@ class _PickOne(beam.DoFn):
             else:
                 self.conflict.inc()
                 yield beam.pvalue.TaggedOutput(
-                    DEAD, dead_letter(self.kind, "", f"duplicate id {key!r} with different content", other)
+                    DEAD, dead_letter(self.kind, f"duplicate id {key!r} with different content", other)
                 )
 
 

@@ -5,23 +5,23 @@ of `(key, vector)` under `WORK_DIR/embeddings/<model key>/`, see `transforms/cac
 and only the misses are embedded. A rerun that changes a rank window or a ratio, or a corpus that
 grew, embeds nothing or only the new documents.
 
-The model loads once per worker process in `DoFn.setup()` (shared by its threads); batches of up to
-`max_batch_size` texts go to one `encode` call, which sorts them by length so padding stays small
-(length-bucketed batches).
+The misses go through Beam's `RunInference` with `EncoderModelHandler`: the model loads once per
+worker process (shared by its threads), batches of `min_batch_size`..`max_batch_size` texts go to
+one `Encoder.encode` call, which sorts them by length so padding stays small (length-bucketed
+batches), and Beam reports model-load time and batch latency under `RunInference_embed_<role>`.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.utils import shared
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.encoders import Encoder, EncoderSettings
-from tripleminer.transforms.cache import VECTORS, BatchCompute, CachedCompute, content_key
+from tripleminer.transforms.cache import VECTORS, CachedCompute, content_key
 from tripleminer.transforms.common import Progress, timed
 
 
@@ -30,23 +30,39 @@ def text_key(role: str, text: str) -> str:
     return content_key(role, text)
 
 
-class _Encode(BatchCompute):
-    def __init__(self, settings: EncoderSettings, role: str) -> None:
-        super().__init__(VECTORS)
+class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
+    """Texts -> `PredictionResult(text, float32 unit vector)` with `tripleminer.encoders.Encoder`.
+
+    Counts `embed/<role>_texts_embedded` and the busy time `time/embed_<role>_ms`; Beam's own
+    RunInference metrics (num_inferences, batch latency, model load time) go under
+    `RunInference_embed_<role>`.
+    """
+
+    def __init__(self, settings: EncoderSettings, role: str, min_batch_size: int = 32, max_batch_size: int = 512) -> None:
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.settings, self.role = settings, role
         self.texts = Metrics.counter("embed", f"{role}_texts_embedded")
-        self._shared = shared.Shared()  # one model per worker process, whatever its thread count
+        self._progress: Optional[Progress] = None
 
-    def setup(self) -> None:
-        self.encoder = self._shared.acquire(lambda: Encoder(self.settings), tag=self.settings.key())
-        self.progress = Progress(f"embed {self.role}s", "texts")
+    def load_model(self) -> Encoder:
+        return Encoder(self.settings)
 
-    def compute(self, texts: List[str]) -> np.ndarray:
+    def run_inference(self, batch: Sequence[str], model: Encoder,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        texts: List[str] = list(batch)
         with timed(f"embed_{self.role}"):
-            vectors = self.encoder.encode(texts)
+            vectors = model.encode(texts)
         self.texts.inc(len(texts))
-        self.progress.add(len(texts))
-        return vectors
+        if self._progress is None:
+            self._progress = Progress(f"embed {self.role}s", "texts")
+        self._progress.add(len(texts))
+        return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
+
+    def get_num_bytes(self, batch: Sequence[str]) -> int:
+        return sum(len(text) for text in batch)  # characters: cheaper than Beam's default of pickling the batch
+
+    def get_metrics_namespace(self) -> str:
+        return f"RunInference_embed_{self.role}"
 
 
 class EmbedWithCache(beam.PTransform):
@@ -61,7 +77,7 @@ class EmbedWithCache(beam.PTransform):
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         role = self.role
+        handler = EncoderModelHandler(self.settings, role, self.min_batch_size, self.max_batch_size)
         return items | "Cached" >> CachedCompute(
-            self.cache_dir, role, lambda text: text_key(role, text), _Encode(self.settings, role),
-            self.min_batch_size, self.max_batch_size, "embed", f"{role}_cache_hits",
+            self.cache_dir, role, lambda text: text_key(role, text), handler, VECTORS, "embed", f"{role}_cache_hits",
         )

@@ -1,20 +1,26 @@
 """Unranked and log-based candidate negatives: impression, random, gold.
 
-Each transform emits `(query_id, candidates(...))` for its one source. Positives of the query are
-excluded here already, and again by the sampler, which is the single place that guarantees it.
+Each transform emits `(query_id, candidates(...))` for its one source. The sampler is the single
+place that guarantees a query's positives are never its negatives (random and gold pools already
+skip them; impressions drop only clicked documents, so a judged positive shown but never clicked
+reaches the sampler and is excluded there).
 Each random pool is drawn with the query's own RNG, so it does not depend on bundle order.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from tripleminer.schemas.mix import SourceMix
 from tripleminer.seeding import stable_rng
 from tripleminer.transforms.common import CorpusIds, candidates
+
+if TYPE_CHECKING:
+    from tripleminer.transforms.candidates import CandidateInputs
 
 
 def pool_size(record: Dict[str, Any], per_positive: int) -> int:
@@ -129,3 +135,18 @@ class GoldNegatives(beam.PTransform):
             | "ToList" >> beam.combiners.ToList()
         )
         return records | "DrawGold" >> beam.ParDo(_SampleFromPool("gold", self.per_positive, self.seed), gold_pool)
+
+
+# Candidate builders of the source table (`schemas.mix.SOURCES`, `transforms.candidates`).
+
+
+def impression_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    return inputs.log_pairs | "ImpressionNegatives" >> ImpressionNegatives(inputs.corpus_ids)
+
+
+def gold_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    return records | "GoldNegatives" >> GoldNegatives(m.count, inputs.settings.seed)
+
+
+def random_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    return records | "RandomNegatives" >> RandomNegatives(inputs.corpus_ids, m.count, inputs.settings.seed)

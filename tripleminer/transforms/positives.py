@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tripleminer.io.readers import DEAD, dead_letter
+from tripleminer.io.readers import DEAD
+from tripleminer.schemas.outputs import dead_letter
 from tripleminer.transforms.common import CorpusIds
 
 SOURCE_PRIORITY = ("qrel", "click")  # a pair found by both keeps one row, labelled "qrel+click"
@@ -114,7 +115,7 @@ class _JoinQuery(beam.DoFn):
             else:
                 self.unknown_doc.inc()
                 yield beam.pvalue.TaggedOutput(
-                    DEAD, dead_letter("positives", "", f"doc_id {doc_id!r} is not in the corpus", {"query_id": qid, "doc_id": doc_id})
+                    DEAD, dead_letter("positives", f"doc_id {doc_id!r} is not in the corpus", {"query_id": qid, "doc_id": doc_id})
                 )
         if not positives:
             if texts:
@@ -126,7 +127,7 @@ class _JoinQuery(beam.DoFn):
             self.no_text.inc()
             self.no_text_pairs.inc(len(positives))
             yield beam.pvalue.TaggedOutput(
-                DEAD, dead_letter("queries", "", f"query {qid!r} has positives but no text in queries or log", {"query_id": qid})
+                DEAD, dead_letter("queries", f"query {qid!r} has positives but no text in queries or log", {"query_id": qid})
             )
             return
         self.records.inc()

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -27,8 +27,12 @@ from apache_beam.utils import shared
 from tripleminer.index import bm25, dense
 from tripleminer.index.shards import merge_top_k, shard_of
 from tripleminer.io.fs import is_local, local_copy, upload_dir
+from tripleminer.schemas.mix import SourceMix
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.common import Progress, candidates, timed
+
+if TYPE_CHECKING:
+    from tripleminer.transforms.candidates import CandidateInputs
 
 _MARKER = {"bm25": bm25.SETTINGS_FILE, "ann": dense.SETTINGS_FILE}  # written last by each build
 
@@ -95,7 +99,7 @@ def build_bm25_shard(element: Tuple[int, List[Tuple[str, str]]], settings: bm25.
     shard, items = element
     ids, texts = [d for d, _ in items], [t for _, t in items]
     content = hashlib.blake2b(digest_size=10)
-    content.update(repr((stats.n_docs, stats.total_len)).encode())
+    content.update(stats.fingerprint())
     for doc_id, text in items:
         content.update(doc_id.encode() + b"\x1f" + text.encode() + b"\x1e")
     key = _settings_key(sorted(asdict(settings).items()))
@@ -285,3 +289,18 @@ class PositiveScores(beam.PTransform):
                 if kv[1]["query"] else []
             )
         )
+
+
+# Candidate builders of the source table (`schemas.mix.SOURCES`, `transforms.candidates`).
+
+
+def bm25_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    s = inputs.settings.bm25
+    shards = inputs.docs | "BuildBM25Shards" >> BuildBM25Shards(s.index, s.shards, inputs.settings.work_dir)
+    return records | "BM25Negatives" >> BM25Negatives(shards, s.shards, s.depth or m.rank_end or 100, s.query_batch_size)
+
+
+def ann_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    s, dense_vectors = inputs.settings.dense, inputs.dense()
+    shards = dense_vectors.docs | "BuildAnnShards" >> BuildAnnShards(s.index, s.shards, inputs.settings.work_dir, dense_vectors.key)
+    return dense_vectors.queries | "AnnNegatives" >> ShardedSearch("ann", shards, s.shards, s.depth or m.rank_end or 500, s.query_batch_size)

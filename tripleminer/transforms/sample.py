@@ -14,12 +14,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from tripleminer.schemas.mix import SourceMix
+from tripleminer.schemas.mix import DENSE_SOURCES, HARD_SOURCES, SourceMix
 from tripleminer.seeding import stable_rng
 from tripleminer.transforms.common import Progress, timed
 
-HARD_SOURCES = ("impression", "bm25", "ann", "same_doc")  # ranked near the query; the rest are easy
-DENSE_SOURCES = ("ann",)  # scores are cosines of the same model as the positive's score
 
 
 @dataclass(frozen=True)

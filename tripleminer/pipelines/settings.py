@@ -1,0 +1,117 @@
+"""The plan of a run: options turned into typed, frozen settings, validated once, before any Beam work.
+
+Pipelines receive settings, never the options object, so a transform's inputs are visible in its
+constructor and a configuration error names the offending option before any output is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import tripleminer
+from tripleminer.encoders import EncoderSettings, default_model
+from tripleminer.index.bm25 import BM25Settings
+from tripleminer.index.dense import AnnSettings
+from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, Groups, MixOptions,
+                                           OutputOptions, recorded_options)
+from tripleminer.schemas.mix import SOURCES, SourceMix, offered_sources, parse_mix
+from tripleminer.transforms.candidates import BM25Search, CandidateSettings, DenseSearch
+from tripleminer.transforms.crossencoder import DenoiseSettings
+from tripleminer.transforms.sample import MixPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    pattern: str
+    max_doc_chars: Optional[int]
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where and how the triples are written."""
+
+    path: str
+    overwrite: bool
+    format: str  # nested | triplet | n-tuple
+    ntuple_negatives: int  # N of the n-tuple layout: --ntuple_negatives, or the mix's total count
+    num_shards: int
+
+
+@dataclass(frozen=True)
+class TriplesSettings:
+    """Everything from query records to written triples, shared by every pipeline."""
+
+    corpus: CorpusSettings
+    output: OutputSettings
+    mix: Tuple[SourceMix, ...]
+    policy: MixPolicy
+    candidates: CandidateSettings
+    denoise: Optional[DenoiseSettings]
+    config: Dict[str, Any] = field(compare=False)  # recorded in every shard and in stats.json
+
+    @property
+    def seed(self) -> int:
+        return self.candidates.seed
+
+    @property
+    def sources(self) -> Tuple[str, ...]:
+        return tuple(m.source for m in self.mix)
+
+    @property
+    def needs_dense(self) -> bool:
+        """Dense vectors are needed: a dense source, or the positive-aware filter, which needs one."""
+        return any(SOURCES[s].dense for s in self.sources)
+
+
+def triples_settings(options: PipelineOptions, groups: Groups, origin: str, resolved: Mapping[str, Any]) -> TriplesSettings:
+    """The shared settings of a pipeline whose own candidates come from `origin` ("log" or "pair");
+    `resolved` holds its per-pipeline defaults (e.g. `negatives`). ValueError names the option."""
+    corpus, out, mix_o = options.view_as(CorpusOptions), options.view_as(OutputOptions), options.view_as(MixOptions)
+    bm25_o, dense_o, ce_o = options.view_as(BM25Options), options.view_as(DenseOptions), options.view_as(CrossEncoderOptions)
+    spec = mix_o.negatives if mix_o.negatives is not None else resolved["negatives"]
+    mix = tuple(parse_mix(spec))
+    validate_mix(mix, offered_sources(origin))
+    policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard, mix_o.pos_aware_ratio, mix_o.pos_aware_margin)
+    if (policy.max_score_ratio is not None or policy.min_margin is not None) and not any(SOURCES[m.source].dense for m in mix):
+        raise ValueError("--pos_aware_ratio/--pos_aware_margin filter dense candidates: add ann to --negatives")
+    ntuple = out.ntuple_negatives or sum(m.count for m in mix)
+    if out.output_format == "n-tuple" and ntuple < 1:
+        raise ValueError("--output_format n-tuple needs at least one negative per row")
+    encoder = EncoderSettings(dense_o.model or default_model(), dense_o.max_seq_length, dense_o.embed_backend, dense_o.device,
+                              dense_o.encode_batch_size)
+    candidates = CandidateSettings(
+        seed=mix_o.seed,
+        work_dir=out.work_dir,
+        bm25=BM25Search(BM25Settings(bm25_o.bm25_backend, bm25_o.bm25_k1, bm25_o.bm25_b, bm25_o.bm25_stemmer),
+                        bm25_o.bm25_shards, bm25_o.bm25_depth, bm25_o.query_batch_size),
+        dense=DenseSearch(encoder, dense_o.embed_min_batch_size, dense_o.embed_max_batch_size,
+                          AnnSettings(dense_o.ann_index, dense_o.ann_nprobe, dense_o.ann_ef_search) if "ann" in {m.source for m in mix} else AnnSettings(),
+                          dense_o.ann_shards, dense_o.ann_depth, bm25_o.query_batch_size),
+    )
+    denoise = None
+    if ce_o.cross_encoder:
+        denoise = DenoiseSettings(ce_o.cross_encoder, ce_o.ce_drop_threshold, ce_o.ce_augment, ce_o.ce_positive_threshold,
+                                  ce_o.ce_negative_threshold, ce_o.ce_augment_max_labels, ce_o.ce_batch_pairs,
+                                  max_length=ce_o.ce_max_length, device=dense_o.device)
+    config = {"tripleminer_version": tripleminer.__version__,
+              **recorded_options(options, groups, resolved)}
+    return TriplesSettings(
+        corpus=CorpusSettings(corpus.corpus, corpus.max_doc_chars),
+        output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards),
+        mix=mix, policy=policy, candidates=candidates, denoise=denoise, config=config,
+    )
+
+
+def validate_mix(mix: Sequence[SourceMix], offered: Sequence[str]) -> None:
+    """Configuration errors of `--negatives` that every pipeline checks the same way."""
+    for m in mix:
+        if m.source not in offered:
+            raise ValueError(f"--negatives: unknown source {m.source!r}; this pipeline offers {', '.join(offered)}")
+        if m.rank_start is not None and not SOURCES[m.source].ranked:
+            raise ValueError(f"--negatives: {m.source} is unranked, so it takes no rank window")

@@ -1,0 +1,118 @@
+"""Candidate negatives of every source the mix names, through the source table.
+
+Each row of `schemas.mix.SOURCES` names the function that builds its source's candidate lists,
+`function(records, inputs, mix) -> PCollection of (query_id, candidates)`, in the module of its
+transforms (`negatives.py`, `retrieval.py`). So adding a source is one row plus its module: nothing
+here or in the pipelines lists sources. The dense vectors are embedded at most once and shared by
+the ann source and the positive-aware filter.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, List, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+
+from tripleminer.encoders import EncoderSettings
+from tripleminer.index.bm25 import BM25Settings
+from tripleminer.index.dense import AnnSettings
+from tripleminer.schemas.mix import SOURCES, SourceMix
+from tripleminer.schemas.outputs import passage_text
+from tripleminer.transforms.embed import EmbedWithCache
+
+
+@dataclass(frozen=True)
+class BM25Search:
+    """The bm25 source: index settings, shard count, retrieval depth and query batching."""
+
+    index: BM25Settings = BM25Settings()
+    shards: int = 1
+    depth: Optional[int] = None  # None: the end of the bm25 rank window, or 100
+    query_batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class DenseSearch:
+    """The ann source and the positive-aware filter: encoder, its batching, and the FAISS shards."""
+
+    encoder: EncoderSettings
+    min_batch_size: int = 32
+    max_batch_size: int = 512
+    index: AnnSettings = field(default_factory=AnnSettings)
+    shards: int = 1
+    depth: Optional[int] = None  # None: the end of the ann rank window, or 500
+    query_batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """What every candidate source may read: seed, work folder, and the ranked sources' settings."""
+
+    seed: int
+    work_dir: str
+    bm25: BM25Search
+    dense: DenseSearch
+
+
+class Dense(NamedTuple):
+    """Unit vectors of the corpus and of the queries, from one encoder."""
+
+    key: str  # identifies the encoder's vectors (index folders are named after it)
+    docs: beam.PCollection  # (doc_id, vector)
+    queries: beam.PCollection  # (query_id, vector)
+
+
+class CandidateInputs:
+    """The collections a source builds its candidates from; `dense()` embeds once, on first use."""
+
+    def __init__(self, settings: CandidateSettings, docs: beam.PCollection, corpus_ids: beam.pvalue.AsSingleton,
+                 records: beam.PCollection, log_pairs: Optional[beam.PCollection] = None) -> None:
+        self.settings, self.docs, self.corpus_ids, self.records, self.log_pairs = settings, docs, corpus_ids, records, log_pairs
+        self._dense: Optional[Dense] = None
+
+    def dense(self) -> Dense:
+        """Embed corpus and queries (through the embedding cache under the work folder)."""
+        if self._dense is None:
+            d, work_dir = self.settings.dense, self.settings.work_dir
+            batches = {"min_batch_size": d.min_batch_size, "max_batch_size": d.max_batch_size}
+            doc_vectors = (
+                self.docs
+                | "DocTexts" >> beam.Map(lambda doc: (doc["doc_id"], passage_text(doc)))
+                | "EmbedDocs" >> EmbedWithCache(d.encoder, "doc", work_dir, **batches)
+            )
+            query_vectors = (
+                self.records
+                | "QueryTexts" >> beam.Map(lambda r: (r["query_id"], r["query"]))
+                | "EmbedQueries" >> EmbedWithCache(d.encoder, "query", work_dir, **batches)
+            )
+            self._dense = Dense(d.encoder.key(), doc_vectors, query_vectors)
+        return self._dense
+
+    @property
+    def embedded(self) -> Optional[Dense]:
+        """The dense vectors if a source needed them, else None."""
+        return self._dense
+
+
+Builder = Callable[[beam.PCollection, CandidateInputs, SourceMix], beam.PCollection]
+
+
+def builder(source: str) -> Optional[Builder]:
+    """The source table's candidate builder of `source` (None: its candidates travel in the records)."""
+    path = SOURCES[source].transform
+    if path is None:
+        return None
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def candidate_lists(inputs: CandidateInputs, mix: Sequence[SourceMix]) -> List[beam.PCollection]:
+    """One `(query_id, candidates)` collection per source of the mix that builds its own."""
+    lists = []
+    for m in mix:
+        build = builder(m.source)
+        if build is not None:
+            lists.append(build(inputs.records, inputs, m))
+    return lists
