@@ -118,3 +118,11 @@ def test_help_lists_every_source_and_ranked_window(capsys):
     assert pretext.DEFAULT_MIX in text and pretext.DEFAULT_GENERATORS in text
     for source in SOURCES:
         assert f"{source} (" in text
+
+
+def test_the_default_mix_drops_log_sources_without_a_query_log():
+    assert mine_settings_without_log().triples.sources == ("bm25", "gold", "random")
+    assert mine_settings_without_log("--negatives", "bm25:1").triples.sources == ("bm25",)
+    assert mine_settings("--max_positives_per_query", "2").triples.policy.max_positives == 2
+    with pytest.raises(ValueError, match="--max_positives_per_query"):
+        mine_settings("--max_positives_per_query", "0")

@@ -117,3 +117,30 @@ def test_positive_aware_filter_rejects_dense_candidates_close_to_the_positive():
     assert MixPolicy().too_close(pools, 0.8) == [] and policy.too_close(pools, None) == []
     negs = sample_negatives(1, "q", "p", ["p"] + rejected, pools, parse_mix("bm25:2,ann:4"), policy)
     assert [n["doc_id"] for n in negs] == ["z", "b", "c", "d"]  # "a" is excluded from every source
+
+
+def test_max_positives_caps_rows_per_query_but_every_positive_stays_excluded():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from tripleminer.transforms.sample import MixPolicy, SampleNegatives
+
+    positives = [{"doc_id": f"d{i}", "source": "qrel"} for i in (1, 3, 5, 7, 9)]
+    policy = MixPolicy(max_positives=2)
+    chosen = [p["doc_id"] for p in policy.row_positives(13, "q", positives)]
+    assert len(chosen) == 2 and chosen == [p["doc_id"] for p in policy.row_positives(13, "q", list(reversed(positives)))]
+    assert {tuple(p["doc_id"] for p in policy.row_positives(s, "q", positives)) for s in range(20)} != {tuple(chosen)}  # the seed decides
+    assert MixPolicy().row_positives(13, "q", positives) == positives
+
+    def check(rows):
+        assert sorted(r["positive"]["doc_id"] for r in rows) == sorted(chosen)
+        for r in rows:
+            negatives = [n["doc_id"] for n in r["negatives"]]
+            assert len(negatives) == 10 and not set(negatives) & {p["doc_id"] for p in positives}
+
+    with TestPipeline() as p:
+        records = p | "Records" >> beam.Create([{"query_id": "q", "query": "text", "positives": positives}])
+        pools = p | "Pools" >> beam.Create([("q", bm25_pool(20))])
+        rows = (records, pools) | SampleNegatives(13, [SourceMix("bm25", 10, 1, 20, "top")], policy)
+        assert_that(rows | beam.combiners.ToList(), lambda got: check(got[0]))

@@ -11,7 +11,7 @@ on the same command line; the default is the local DirectRunner.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 import apache_beam as beam
@@ -23,6 +23,7 @@ from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEnco
                                            OutputOptions)
 from tripleminer.pipelines.settings import TriplesSettings, triples_settings
 from tripleminer.pipelines.triples import RecordsToTriples, read_corpus
+from tripleminer.schemas.mix import SOURCES, parse_mix
 from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
@@ -47,15 +48,25 @@ class MineSettings:
     triples: TriplesSettings
 
 
+def default_mix(has_log: bool) -> str:
+    """The default `--negatives`; without a query log, its log-based sources (impressions) drop out."""
+    if has_log:
+        return DEFAULT_MIX
+    return ",".join(str(m) for m in parse_mix(DEFAULT_MIX) if SOURCES[m.source].origin != "log")
+
+
 def plan(options: PipelineOptions) -> MineSettings:
     """Options -> settings; ValueError names the offending option."""
     o = options.view_as(LabelOptions)
     labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score)
     if not (labels.qrels or labels.query_log):
         raise ValueError("need labels: pass --qrels, --query_log, or both")
-    triples = triples_settings(options, GROUPS, "log", {"negatives": DEFAULT_MIX})
+    if o.max_positives_per_query is not None and o.max_positives_per_query < 1:
+        raise ValueError("--max_positives_per_query must be >= 1")
+    triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(labels.query_log))})
     if "impression" in triples.sources and not labels.query_log:
         raise ValueError("--negatives: impression negatives need --query_log")
+    triples = replace(triples, policy=replace(triples.policy, max_positives=o.max_positives_per_query))
     return MineSettings(labels, triples)
 
 

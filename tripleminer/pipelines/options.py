@@ -63,6 +63,9 @@ class LabelOptions(PipelineOptions):
                        help="... and at least this click-through rate (clicks / impressions).")
         g.add_argument("--qrels_min_score", type=float, default=1.0,
                        help="A judged pair is a positive when its score is at least this.")
+        g.add_argument("--max_positives_per_query", type=int, default=None,
+                       help="At most this many (query, positive) rows per query, a seeded choice among its positives (e.g. 2 for NFCorpus, ~43 judged "
+                            "documents a query); every positive still stays out of the query's negatives. Default: a row per positive.")
 
 
 class GeneratorOptions(PipelineOptions):

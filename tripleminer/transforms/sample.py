@@ -30,12 +30,23 @@ class MixPolicy:
     max_score_ratio: NV-Retriever's TopK-PercPos: a candidate whose dense score exceeds this
         fraction of the positive's dense score is a likely false negative and is never used.
     min_margin: likewise for a dense score above the positive's minus this margin.
+    max_positives: at most this many rows per query (a seeded choice of its positives); the others
+        stay positives for exclusion, so a capped-away judged document never becomes a negative.
     """
 
     max_hard: Optional[int] = None
     easy_per_hard: Optional[float] = None
     max_score_ratio: Optional[float] = None
     min_margin: Optional[float] = None
+    max_positives: Optional[int] = None
+
+    def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The positives that get a row: all, or a seeded choice of `max_positives` in doc-id order."""
+        if self.max_positives is None or len(positives) <= self.max_positives:
+            return list(positives)
+        ordered = sorted(positives, key=lambda p: p["doc_id"])
+        picked = stable_rng(seed, query_id, "positives").choice(len(ordered), size=self.max_positives, replace=False)
+        return [ordered[i] for i in sorted(picked.tolist())]
 
     def too_close(self, pools: Dict[str, Dict[str, Any]], positive_score: Optional[float]) -> List[str]:
         """Doc ids of dense candidates the positive-aware filter rejects for this positive."""
@@ -121,6 +132,7 @@ class _Sample(beam.DoFn):
         self.wanted = sum(m.count for m in mix)
         self.rows = Metrics.counter("rows", "rows")
         self.short = Metrics.counter("rows", "rows_with_fewer_negatives_than_asked")
+        self.capped = Metrics.counter("rows", "positives_over_max_positives_per_query")
         self.too_close = Metrics.counter("filter", "positive_aware_rejected_candidates")
         self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
         self.progress = Progress("sample", "rows")
@@ -135,8 +147,10 @@ class _Sample(beam.DoFn):
         pools.update({c["source"]: c for c in record.get("candidates", [])})
         positive_scores = joined.get("positive_scores") or [{}]
         positives = [p["doc_id"] for p in record["positives"]]
+        row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"])
+        self.capped.inc(len(record["positives"]) - len(row_positives))
         with timed("sample"):
-            for pos in record["positives"]:
+            for pos in row_positives:
                 dense_score = positive_scores[0].get(pos["doc_id"])
                 if dense_score is not None:
                     pos = dict(pos, score=dense_score)
