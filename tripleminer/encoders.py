@@ -1,6 +1,10 @@
 """Bi-encoders for embedding texts: sentence-transformers on PyTorch, or the same model exported to
 ONNX and run by onnxruntime (faster on CPU, same vectors to float precision).
 
+The torch backend runs at the precision of `EncoderSettings.precision` (fp32, or bf16/fp16 under
+`torch.autocast`, see `tripleminer/precision.py`); vectors come back float32 either way. The onnx
+backend runs fp32 only.
+
 sentence-transformers' own `backend="onnx"` needs optimum-onnx, which pins transformers below 5
 (incompatible with sentence-transformers 6 here), so the ONNX path exports the model's transformer
 with `torch.onnx.export` and reproduces the pooling and normalisation modules itself. It supports
@@ -17,6 +21,7 @@ from typing import Any, List, Optional
 import numpy as np
 
 from tripleminer.fingerprint import model_key
+from tripleminer.precision import compute_at, key_suffix, resolve_precision
 
 BACKENDS = ("torch", "onnx")
 
@@ -35,16 +40,22 @@ class EncoderSettings:
     backend: str = "torch"  # torch | onnx
     device: Optional[str] = None  # None lets sentence-transformers choose (cuda if present)
     encode_batch_size: int = 32  # texts per forward pass
+    # auto | fp32 | bf16 | fp16, resolved on construction (so on the machine that plans the run) to
+    # the one the forward passes use: after __init__ this is always fp32, bf16 or fp16.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown embedding backend {self.backend!r}; choose one of {BACKENDS}")
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device, self.backend))
 
     def key(self) -> str:
         """Identifies the vectors this encoder produces: the model (path, and for a local dir its
         files' sizes and modification times, so a retrained checkpoint at the same path changes
-        it) and the sequence length. The backend is not part of it: both give the same vectors."""
-        return model_key(self.model, self.max_seq_length)
+        it), the sequence length and the compute precision (`-bf16`/`-fp16` appended; fp32 keys are
+        the ones from before precision existed). The backend is not part of it: both give the same
+        vectors."""
+        return model_key(self.model, self.max_seq_length) + key_suffix(self.precision)
 
 
 class Encoder:
@@ -62,11 +73,23 @@ class Encoder:
             self.model.max_seq_length = settings.max_seq_length
         self._onnx = _OnnxRunner(self.model) if settings.backend == "onnx" else None
 
+    @property
+    def device_kind(self) -> str:
+        """Where the model's weights live (cpu, cuda, ...): what autocast needs."""
+        return self.model.device.type
+
     def encode(self, texts: List[str]) -> np.ndarray:
+        """One call sorts all of `texts` by length before cutting forward batches (sentence-transformers
+        does it across the whole call, the onnx runner likewise), so pass large batches."""
         if self._onnx is not None:
             return self._onnx.encode(texts, self.settings.encode_batch_size)
-        return self.model.encode(texts, batch_size=self.settings.encode_batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        precision = self.settings.precision
+        with compute_at(precision, self.device_kind):
+            vectors = self.model.encode(texts, batch_size=self.settings.encode_batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        if precision != "fp32" and len(vectors):  # unit length to float32 precision, whatever the compute precision
+            vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return vectors
 
 
 def _last_hidden_module(model: Any, input_names: List[str]) -> Any:

@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tripleminer.encoders import BACKENDS as ENCODER_BACKENDS
 from tripleminer.index.bm25 import BACKENDS
+from tripleminer.precision import PRECISIONS
 from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.schemas.mix import SOURCES
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
@@ -181,6 +182,14 @@ class DenseOptions(PipelineOptions):
         g.add_argument("--embed_max_batch_size", type=int, default=512,
                        help="Largest batch of texts per embedding call; the model sorts each by length, so bigger batches pad less.")
         g.add_argument("--encode_batch_size", type=int, default=32, help="Texts per forward pass of the model.")
+        g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="Compute precision of the bi-encoder (and of the cross-encoder unless --ce_precision says otherwise). "
+                            "auto: bf16 on a CPU with native bf16 (AVX512_BF16/AMX, as torch reports it), on CUDA bf16 where the GPU has "
+                            "it else fp16, fp32 elsewhere and with --embed_backend onnx (fp32 only: bf16/fp16 there are refused). "
+                            "fp16 on a CPU without native fp16 is refused. Resolved once, where the run is planned, for --device; "
+                            "the result is recorded as precision_resolved in stats.json and the shards. bf16/fp16 run under "
+                            "torch.autocast (on a bf16 CPU about 2x the fp32 speed, cosine to the fp32 vectors >= 0.9999 on SciFact: "
+                            "benchmarks/precision_speed.py); vectors stay float32, and the embedding cache keeps each precision apart.")
         g.add_argument("--ann_index", default="Flat",
                        help="FAISS index_factory string for each shard: Flat (exact), IVF<cells>,Flat, HNSW<M>, ... (inner product on unit vectors).")
         g.add_argument("--ann_shards", type=int, default=1,
@@ -210,6 +219,9 @@ class CrossEncoderOptions(PipelineOptions):
         g.add_argument("--ce_augment_max_labels", type=int, default=1, help="Augment only queries with at most this many labelled positives.")
         g.add_argument("--ce_batch_pairs", type=int, default=512, help="(query, passage) pairs per cross-encoder call.")
         g.add_argument("--ce_max_length", type=int, default=None, help="Tokens per pair (default: the model's own).")
+        g.add_argument("--ce_precision", default=None, choices=PRECISIONS,
+                       help="Compute precision of the cross-encoder (auto, fp32, bf16, fp16 as for --precision); default: --precision. "
+                            "Recorded as ce_precision_resolved; the score cache keeps each precision apart.")
 
 
 REQUIRED = ("corpus", "output")

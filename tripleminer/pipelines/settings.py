@@ -18,6 +18,7 @@ from tripleminer.index.bm25 import BM25Settings
 from tripleminer.index.dense import AnnSettings
 from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, Groups, MixOptions,
                                            OutputOptions, recorded_options)
+from tripleminer.precision import resolve_precision
 from tripleminer.schemas.mix import SOURCES, SourceMix, offered_sources, parse_mix
 from tripleminer.transforms.candidates import BM25Search, CandidateSettings, DenseSearch
 from tripleminer.transforms.crossencoder import DenoiseSettings
@@ -83,8 +84,11 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     ntuple = out.ntuple_negatives or sum(m.count for m in mix)
     if out.output_format == "n-tuple" and ntuple < 1:
         raise ValueError("--output_format n-tuple needs at least one negative per row")
-    encoder = EncoderSettings(dense_o.model or default_model(), dense_o.max_seq_length, dense_o.embed_backend, dense_o.device,
-                              dense_o.encode_batch_size)
+    try:
+        encoder = EncoderSettings(dense_o.model or default_model(), dense_o.max_seq_length, dense_o.embed_backend, dense_o.device,
+                                  dense_o.encode_batch_size, precision=dense_o.precision)
+    except ValueError as e:  # "precision bf16: why" -> "--precision bf16: why"
+        raise ValueError(f"--{e}" if str(e).startswith("precision ") else f"--precision: {e}") from e
     candidates = CandidateSettings(
         seed=mix_o.seed,
         work_dir=out.work_dir,
@@ -96,11 +100,17 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     )
     denoise = None
     if ce_o.cross_encoder:
+        try:  # --ce_precision, else --precision's request; the cross-encoder runs on torch whatever --embed_backend says
+            ce_precision = resolve_precision(ce_o.ce_precision or dense_o.precision, dense_o.device)
+        except ValueError as e:
+            raise ValueError(f"{'--ce_' if ce_o.ce_precision else '--'}{e} (cross-encoder)") from e
         denoise = DenoiseSettings(ce_o.cross_encoder, ce_o.ce_drop_threshold, ce_o.ce_augment, ce_o.ce_positive_threshold,
                                   ce_o.ce_negative_threshold, ce_o.ce_augment_max_labels, ce_o.ce_batch_pairs,
-                                  max_length=ce_o.ce_max_length, device=dense_o.device)
+                                  max_length=ce_o.ce_max_length, device=dense_o.device, precision=ce_precision)
+    # the precisions the models will run at (auto resolved here, on the machine that plans the run)
+    precisions = {"precision_resolved": encoder.precision, **({"ce_precision_resolved": denoise.precision} if denoise else {})}
     config = {"tripleminer_version": tripleminer.__version__,
-              **recorded_options(options, groups, resolved)}
+              **recorded_options(options, groups, resolved), **precisions}
     return TriplesSettings(
         corpus=CorpusSettings(corpus.corpus, corpus.max_doc_chars),
         output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards),

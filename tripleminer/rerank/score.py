@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
+from tripleminer.precision import compute_at
+
 Pair = Tuple[str, str]
 
 
@@ -35,15 +37,25 @@ def load_cross_encoder(
     return model
 
 
-def score_pairs(model: CrossEncoder, pairs: Sequence[Pair], batch_size: int = 64) -> np.ndarray:
+def score_pairs(model: CrossEncoder, pairs: Sequence[Pair], batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
     """P(relevant) of each (query, passage) pair, float64 in [0, 1], in input order.
 
     `predict` sorts the pairs by length before batching, so pass many pairs per call: padding is
-    where short max lengths lose their speed.
+    where short max lengths lose their speed. `precision` (fp32 | bf16 | fp16, see
+    `tripleminer/precision.py`) is that of the forward passes; under bf16/fp16 the model returns
+    logits and the sigmoid runs in float64 here, so the probabilities are not rounded to 8 bits.
     """
     if not pairs:
         return np.zeros(0, dtype=np.float64)
-    scores = model.predict(
-        list(pairs), batch_size=batch_size, activation_fn=torch.nn.Sigmoid(), show_progress_bar=False
-    )
-    return np.asarray(scores, dtype=np.float64)
+    if precision == "fp32":
+        scores = model.predict(
+            list(pairs), batch_size=batch_size, activation_fn=torch.nn.Sigmoid(), show_progress_bar=False
+        )
+        return np.asarray(scores, dtype=np.float64)
+    with compute_at(precision, model.device.type):
+        logits = model.predict(
+            list(pairs), batch_size=batch_size, activation_fn=torch.nn.Identity(), show_progress_bar=False,
+            convert_to_tensor=True,
+        )
+    logits = logits.float().cpu().numpy().astype(np.float64).reshape(len(pairs))
+    return 1.0 / (1.0 + np.exp(-logits))

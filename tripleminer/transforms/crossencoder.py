@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.fingerprint import model_key
+from tripleminer.precision import key_suffix, log_precision, resolve_precision
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.cache import SCORES, CachedCompute, content_key
 from tripleminer.transforms.common import Progress, timed
@@ -53,8 +54,12 @@ class DenoiseSettings:
     predict_batch_size: int = 64  # pairs per forward pass inside a call
     max_length: Optional[int] = None  # tokens per pair; None: the model's own setting
     device: Optional[str] = None
+    # auto | fp32 | bf16 | fp16, resolved on construction (on the machine that plans the run) to the
+    # precision the forward passes use, as for the bi-encoder (`tripleminer/precision.py`)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", resolve_precision(self.precision, self.device))
         for name in ("drop_threshold", "positive_threshold", "negative_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
@@ -62,8 +67,9 @@ class DenoiseSettings:
             raise ValueError("negative_threshold must be below positive_threshold, or a document could be both")
 
     def key(self) -> str:
-        """Identifies the scores this model produces (cache folder name)."""
-        return model_key(self.model, self.max_length)
+        """Identifies the scores this model produces (cache folder name): model, max length and the
+        compute precision (`-bf16`/`-fp16` appended; fp32 keys are those from before precision existed)."""
+        return model_key(self.model, self.max_length) + key_suffix(self.precision)
 
     @property
     def keep_at_most(self) -> float:
@@ -191,8 +197,10 @@ class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
         from tripleminer.io.fs import local_copy
         from tripleminer.rerank.score import load_cross_encoder
 
-        return load_cross_encoder(local_copy(self.settings.model), max_length=self.settings.max_length,
-                                  device=self.settings.device)
+        model = load_cross_encoder(local_copy(self.settings.model), max_length=self.settings.max_length,
+                                   device=self.settings.device)
+        log_precision("cross-encoder", self.settings.model, self.settings.precision, model.device.type)
+        return model
 
     def run_inference(self, batch: Sequence[PairKey], model: Any,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
@@ -200,7 +208,7 @@ class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
 
         pairs = list(batch)
         with timed(SCORE_STAGE):
-            scores = score_pairs(model, pairs, self.settings.predict_batch_size)
+            scores = score_pairs(model, pairs, self.settings.predict_batch_size, precision=self.settings.precision)
         self.pairs.inc(len(pairs))
         if self._progress is None:
             self._progress = Progress("cross-encoder", "pairs scored")

@@ -9,6 +9,9 @@ The misses go through Beam's `RunInference` with `EncoderModelHandler`: the mode
 worker process (shared by its threads), batches of `min_batch_size`..`max_batch_size` texts go to
 one `Encoder.encode` call, which sorts them by length so padding stays small (length-bucketed
 batches), and Beam reports model-load time and batch latency under `RunInference_embed_<role>`.
+The model runs at `settings.precision` (fp32, or bf16/fp16 under autocast, logged once per worker);
+vectors are float32 either way, and a non-fp32 precision is part of the cache folder's key, so
+vectors computed at different precisions never mix.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.encoders import Encoder, EncoderSettings
+from tripleminer.precision import log_precision
 from tripleminer.transforms.cache import VECTORS, CachedCompute, content_key
 from tripleminer.transforms.common import Progress, timed
 
@@ -45,7 +49,10 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
         self._progress: Optional[Progress] = None
 
     def load_model(self) -> Encoder:
-        return Encoder(self.settings)
+        encoder = Encoder(self.settings)
+        log_precision(f"bi-encoder ({self.role} texts, {self.settings.backend})", self.settings.model, self.settings.precision,
+                      "cpu" if self.settings.backend == "onnx" else encoder.device_kind)
+        return encoder
 
     def run_inference(self, batch: Sequence[str], model: Encoder,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
