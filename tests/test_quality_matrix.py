@@ -1,0 +1,63 @@
+"""Pure helpers of benchmarks/quality_matrix.py: the training-pair cap, mix arithmetic, the tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+qm = pytest.importorskip("quality_matrix")
+
+
+def qrels(per_query: dict) -> dict:
+    return {q: {f"{q}-d{i}": 1 for i in range(n)} for q, n in per_query.items()}
+
+
+def test_cap_pairs_per_query_and_total_cover_queries_first():
+    judged = qrels({"a": 5, "b": 1, "c": 3, "d": 4})
+    pairs = qm.cap_pairs(judged, per_query=2, max_rows=5, seed=13)
+    assert len(pairs) == 5
+    assert all(doc in judged[q] for q, doc in pairs)
+    per = {q: sum(1 for p, _ in pairs if p == q) for q in judged}
+    assert all(n >= 1 for n in per.values()) and max(per.values()) <= 2  # every query's first pick comes first
+
+
+def test_cap_pairs_is_seeded_and_none_means_no_cap():
+    judged = qrels({f"q{i}": 6 for i in range(20)})
+    assert qm.cap_pairs(judged, 2, 30, seed=13) == qm.cap_pairs(judged, 2, 30, seed=13)
+    assert qm.cap_pairs(judged, 2, 30, seed=13) != qm.cap_pairs(judged, 2, 30, seed=14)
+    assert len(qm.cap_pairs(judged, None, None, seed=13)) == 120
+
+
+def test_mix_helpers():
+    assert qm.mix_total("impression:2,bm25:4@1-100,gold:1,random:1") == 8
+    assert qm.without_source("impression:2,bm25:4@1-100,gold:1,random:1", "impression") == (
+        "bm25:4@1-100/random,gold:1/random,random:1/random")
+    assert qm.mix_total(qm.without_source("impression:2,random:1", "impression")) == 1
+
+
+def test_mean_spread():
+    assert qm.mean_spread([]) == ""
+    assert qm.mean_spread([0.5]) == "0.5000"
+    assert qm.mean_spread([0.5, 0.7, 0.6]) == "0.6000 [0.5000-0.7000]"
+
+
+def record(row: str, recipe: str, seed, ndcg: float) -> dict:
+    return {"dataset": "scifact", "row": row, "recipe": recipe, "seed": seed, "quick": False, "nDCG@10": ndcg,
+            "Recall@100": 0.9, "MRR@10": 0.6, "train_s": 10.0, "mine_s": 1.0, "mix": "none", "train_rows": 9,
+            "train_dtype": "torch.bfloat16", "data": {"eval_queries": 3, "eval_docs": 9, "train_queries": 2,
+                                                      "train_pairs_judged": 4, "cap_per_query": None, "cap_rows": None},
+            "settings": {"eval_max_seq_length": 256, "eval_bf16": True, "ours_epochs": 3, "ours_lr": 5e-5,
+                         "ours_mixed_precision": "no"}}
+
+
+def test_render_targets_and_extra_seeds():
+    records = [record("zero-shot", qm.NO_RECIPE, None, 0.60), record("in-batch", "st", 13, 0.660),
+               record("peer", "st", 13, 0.640), record("tripleminer-default", "st", 13, 0.668)]
+    text = qm.render(records, ["st"], margin=0.005, extra_below=0.01)
+    assert "| zero-shot | - | 0.6000 |" in text
+    assert "| scifact | st | +0.0080 | +0.0280 | yes |" in text
+    assert "lead over in-batch under 0.01" in text and "peer under" not in text
+    assert qm.lead(records, "scifact", "st", "peer", False) == pytest.approx(0.028)
