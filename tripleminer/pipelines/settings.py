@@ -64,11 +64,6 @@ class TriplesSettings:
     def sources(self) -> Tuple[str, ...]:
         return tuple(m.source for m in self.mix)
 
-    @property
-    def needs_dense(self) -> bool:
-        """Dense vectors are needed: a dense source, or the positive-aware filter, which needs one."""
-        return any(SOURCES[s].dense for s in self.sources)
-
 
 def triples_settings(options: PipelineOptions, groups: Groups, origin: str, resolved: Mapping[str, Any]) -> TriplesSettings:
     """The shared settings of a pipeline whose own candidates come from `origin` ("log" or "pair");
@@ -79,7 +74,8 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     mix = tuple(parse_mix(spec))
     validate_mix(mix, offered_sources(origin))
     policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard, mix_o.pos_aware_ratio, mix_o.pos_aware_margin)
-    if (policy.max_score_ratio is not None or policy.min_margin is not None) and not any(SOURCES[m.source].dense for m in mix):
+    dense = any(SOURCES[m.source].dense for m in mix)
+    if (policy.max_score_ratio is not None or policy.min_margin is not None) and not dense:
         raise ValueError("--pos_aware_ratio/--pos_aware_margin filter dense candidates: add ann to --negatives")
     ntuple = out.ntuple_negatives or sum(m.count for m in mix)
     if out.output_format == "n-tuple" and ntuple < 1:
@@ -93,10 +89,11 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
         seed=mix_o.seed,
         work_dir=out.work_dir,
         bm25=BM25Search(BM25Settings(bm25_o.bm25_backend, bm25_o.bm25_k1, bm25_o.bm25_b, bm25_o.bm25_stemmer),
-                        bm25_o.bm25_shards, bm25_o.bm25_depth, bm25_o.query_batch_size),
+                        bm25_o.bm25_shards, bm25_o.bm25_depth),
         dense=DenseSearch(encoder, dense_o.embed_min_batch_size, dense_o.embed_max_batch_size,
-                          AnnSettings(dense_o.ann_index, dense_o.ann_nprobe, dense_o.ann_ef_search) if "ann" in {m.source for m in mix} else AnnSettings(),
-                          dense_o.ann_shards, dense_o.ann_depth, bm25_o.query_batch_size),
+                          AnnSettings(dense_o.ann_index, dense_o.ann_nprobe, dense_o.ann_ef_search) if dense else AnnSettings(),
+                          dense_o.ann_shards, dense_o.ann_depth),
+        query_batch_size=bm25_o.query_batch_size,
     )
     denoise = None
     if ce_o.cross_encoder:

@@ -67,7 +67,7 @@ class NegativeSource:
     dense: scores are cosines of the bi-encoder, comparable with the positive's (positive-aware filter).
     origin: where the candidates come from: "corpus" (any pipeline, built by `transform`), "log"
         (the query log's impressions; `mine` only), "pair" (travel inside pretext records; `pretext` only).
-    transform: "module:function" building the candidate lists, `function(records, inputs, mix)`
+    transform: "module:function" building the candidate lists, `function(inputs, mix)`
         (see `tripleminer.transforms.candidates`); None where the candidates travel in the records.
     """
 

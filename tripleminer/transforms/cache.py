@@ -15,7 +15,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -25,6 +25,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.transforms.window import GlobalWindows
+
+from tripleminer.transforms.common import Progress, timed
 
 log = logging.getLogger(__name__)
 MISS, CACHE = "miss", "cache"
@@ -80,6 +82,32 @@ SCORES = CacheFormat(  # float64: a cached score is bit-identical to the freshly
     pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("score", pa.float64(), nullable=False)]),
     _scores_table, _table_scores,
 )
+
+
+class CountedModelHandler(ModelHandler[Any, PredictionResult, Any]):
+    """A ModelHandler for `CachedCompute`: subclasses load their model and `predict` a batch's values;
+    this class times each call (`time/<stage>_ms`), counts the items in `counter` and logs progress,
+    so every cached model reports the same way."""
+
+    def __init__(self, counter: Any, stage: str, progress: Tuple[str, str], min_batch_size: int, max_batch_size: int) -> None:
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.counter, self.stage, self.progress_label = counter, stage, progress
+        self._progress: Optional[Progress] = None
+
+    def predict(self, batch: List[Any], model: Any) -> Sequence[Any]:
+        """The values of the batch's payloads, in order."""
+        raise NotImplementedError
+
+    def run_inference(self, batch: Sequence[Any], model: Any,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        items = list(batch)
+        with timed(self.stage):
+            values = self.predict(items, model)
+        self.counter.inc(len(items))
+        if self._progress is None:  # created on the worker, not pickled with the handler
+            self._progress = Progress(*self.progress_label)
+        self._progress.add(len(items))
+        return [PredictionResult(item, value) for item, value in zip(items, values)]
 
 
 class _SplitHits(beam.DoFn):

@@ -1,7 +1,7 @@
 """Candidate negatives of every source the mix names, through the source table.
 
 Each row of `schemas.mix.SOURCES` names the function that builds its source's candidate lists,
-`function(records, inputs, mix) -> PCollection of (query_id, candidates)`, in the module of its
+`function(inputs, mix) -> PCollection of (query_id, candidates)`, in the module of its
 transforms (`negatives.py`, `retrieval.py`). So adding a source is one row plus its module: nothing
 here or in the pipelines lists sources. The dense vectors are embedded at most once and shared by
 the ann source and the positive-aware filter.
@@ -25,12 +25,11 @@ from tripleminer.transforms.embed import EmbedWithCache
 
 @dataclass(frozen=True)
 class BM25Search:
-    """The bm25 source: index settings, shard count, retrieval depth and query batching."""
+    """The bm25 source: index settings, shard count and retrieval depth."""
 
     index: BM25Settings = BM25Settings()
     shards: int = 1
     depth: Optional[int] = None  # None: the end of the bm25 rank window, or 100
-    query_batch_size: int = 512
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,6 @@ class DenseSearch:
     index: AnnSettings = field(default_factory=AnnSettings)
     shards: int = 1
     depth: Optional[int] = None  # None: the end of the ann rank window, or 500
-    query_batch_size: int = 512
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,7 @@ class CandidateSettings:
     work_dir: str
     bm25: BM25Search
     dense: DenseSearch
+    query_batch_size: int = 512  # queries per retrieval call, bm25 and ann alike
 
 
 class Dense(NamedTuple):
@@ -96,7 +95,7 @@ class CandidateInputs:
         return self._dense
 
 
-Builder = Callable[[beam.PCollection, CandidateInputs, SourceMix], beam.PCollection]
+Builder = Callable[[CandidateInputs, SourceMix], beam.PCollection]
 
 
 def builder(source: str) -> Optional[Builder]:
@@ -114,5 +113,5 @@ def candidate_lists(inputs: CandidateInputs, mix: Sequence[SourceMix]) -> List[b
     for m in mix:
         build = builder(m.source)
         if build is not None:
-            lists.append(build(inputs.records, inputs, m))
+            lists.append(build(inputs, m))
     return lists

@@ -23,13 +23,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.fingerprint import model_key
 from tripleminer.precision import key_suffix, log_precision, resolve_precision
 from tripleminer.schemas.outputs import passage_text
-from tripleminer.transforms.cache import SCORES, CachedCompute, content_key
-from tripleminer.transforms.common import Progress, timed
+from tripleminer.transforms.cache import SCORES, CachedCompute, CountedModelHandler, content_key
 
 NAMESPACE = "crossencoder"
 AUGMENTED = "ce_augmented"
@@ -179,7 +177,7 @@ def pairs_per_second(counters: Mapping[str, Mapping[str, int]]) -> float:
     return pairs / (busy_ms / 1000) if busy_ms else 0.0
 
 
-class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
+class CrossEncoderModelHandler(CountedModelHandler):
     """(query, passage) pairs -> `PredictionResult(pair, P(relevant))` with `rerank.score.score_pairs`,
     one `predict` call per batch of `batch_pairs` pairs (sorted by length inside it).
 
@@ -188,10 +186,9 @@ class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
     """
 
     def __init__(self, settings: DenoiseSettings) -> None:
-        super().__init__(min_batch_size=settings.batch_pairs, max_batch_size=settings.batch_pairs)
+        super().__init__(Metrics.counter(NAMESPACE, "pairs_scored"), SCORE_STAGE, ("cross-encoder", "pairs scored"),
+                         settings.batch_pairs, settings.batch_pairs)
         self.settings = settings
-        self.pairs = Metrics.counter(NAMESPACE, "pairs_scored")
-        self._progress: Optional[Progress] = None
 
     def load_model(self) -> Any:
         from tripleminer.io.fs import local_copy
@@ -202,18 +199,10 @@ class CrossEncoderModelHandler(ModelHandler[PairKey, PredictionResult, Any]):
         log_precision("cross-encoder", self.settings.model, self.settings.precision, model.device.type)
         return model
 
-    def run_inference(self, batch: Sequence[PairKey], model: Any,
-                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
+    def predict(self, batch: List[PairKey], model: Any) -> Sequence[Any]:
         from tripleminer.rerank.score import score_pairs
 
-        pairs = list(batch)
-        with timed(SCORE_STAGE):
-            scores = score_pairs(model, pairs, self.settings.predict_batch_size, precision=self.settings.precision)
-        self.pairs.inc(len(pairs))
-        if self._progress is None:
-            self._progress = Progress("cross-encoder", "pairs scored")
-        self._progress.add(len(pairs))
-        return [PredictionResult(pair, score) for pair, score in zip(pairs, scores)]
+        return score_pairs(model, batch, self.settings.predict_batch_size, precision=self.settings.precision)
 
     def get_num_bytes(self, batch: Sequence[PairKey]) -> int:
         return sum(len(q) + len(p) for q, p in batch)  # characters: cheaper than Beam's default of pickling

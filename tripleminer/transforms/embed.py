@@ -16,17 +16,15 @@ vectors computed at different precisions never mix.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from tripleminer.encoders import Encoder, EncoderSettings
 from tripleminer.precision import log_precision
-from tripleminer.transforms.cache import VECTORS, CachedCompute, content_key
-from tripleminer.transforms.common import Progress, timed
+from tripleminer.transforms.cache import VECTORS, CachedCompute, CountedModelHandler, content_key
 
 
 def text_key(role: str, text: str) -> str:
@@ -34,7 +32,7 @@ def text_key(role: str, text: str) -> str:
     return content_key(role, text)
 
 
-class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
+class EncoderModelHandler(CountedModelHandler):
     """Texts -> `PredictionResult(text, float32 unit vector)` with `tripleminer.encoders.Encoder`.
 
     Counts `embed/<role>_texts_embedded` and the busy time `time/embed_<role>_ms`; Beam's own
@@ -43,10 +41,9 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
     """
 
     def __init__(self, settings: EncoderSettings, role: str, min_batch_size: int = 32, max_batch_size: int = 512) -> None:
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        super().__init__(Metrics.counter("embed", f"{role}_texts_embedded"), f"embed_{role}", (f"embed {role}s", "texts"),
+                         min_batch_size, max_batch_size)
         self.settings, self.role = settings, role
-        self.texts = Metrics.counter("embed", f"{role}_texts_embedded")
-        self._progress: Optional[Progress] = None
 
     def load_model(self) -> Encoder:
         encoder = Encoder(self.settings)
@@ -54,16 +51,8 @@ class EncoderModelHandler(ModelHandler[str, PredictionResult, Encoder]):
                       "cpu" if self.settings.backend == "onnx" else encoder.device_kind)
         return encoder
 
-    def run_inference(self, batch: Sequence[str], model: Encoder,
-                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        texts: List[str] = list(batch)
-        with timed(f"embed_{self.role}"):
-            vectors = model.encode(texts)
-        self.texts.inc(len(texts))
-        if self._progress is None:
-            self._progress = Progress(f"embed {self.role}s", "texts")
-        self._progress.add(len(texts))
-        return [PredictionResult(text, vector) for text, vector in zip(texts, vectors)]
+    def predict(self, batch: List[str], model: Encoder) -> Sequence[Any]:
+        return model.encode(batch)
 
     def get_num_bytes(self, batch: Sequence[str]) -> int:
         return sum(len(text) for text in batch)  # characters: cheaper than Beam's default of pickling the batch

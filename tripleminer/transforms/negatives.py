@@ -140,13 +140,13 @@ class GoldNegatives(beam.PTransform):
 # Candidate builders of the source table (`schemas.mix.SOURCES`, `transforms.candidates`).
 
 
-def impression_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+def impression_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
     return inputs.log_pairs | "ImpressionNegatives" >> ImpressionNegatives(inputs.corpus_ids)
 
 
-def gold_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
-    return records | "GoldNegatives" >> GoldNegatives(m.count, inputs.settings.seed)
+def gold_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    return inputs.records | "GoldNegatives" >> GoldNegatives(m.count, inputs.settings.seed)
 
 
-def random_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
-    return records | "RandomNegatives" >> RandomNegatives(inputs.corpus_ids, m.count, inputs.settings.seed)
+def random_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+    return inputs.records | "RandomNegatives" >> RandomNegatives(inputs.corpus_ids, m.count, inputs.settings.seed)

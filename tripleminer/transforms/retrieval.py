@@ -294,13 +294,15 @@ class PositiveScores(beam.PTransform):
 # Candidate builders of the source table (`schemas.mix.SOURCES`, `transforms.candidates`).
 
 
-def bm25_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+def bm25_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
     s = inputs.settings.bm25
     shards = inputs.docs | "BuildBM25Shards" >> BuildBM25Shards(s.index, s.shards, inputs.settings.work_dir)
-    return records | "BM25Negatives" >> BM25Negatives(shards, s.shards, s.depth or m.rank_end or 100, s.query_batch_size)
+    batch = inputs.settings.query_batch_size
+    return inputs.records | "BM25Negatives" >> BM25Negatives(shards, s.shards, s.depth or m.rank_end or 100, batch)
 
 
-def ann_candidates(records: beam.PCollection, inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
+def ann_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
     s, dense_vectors = inputs.settings.dense, inputs.dense()
     shards = dense_vectors.docs | "BuildAnnShards" >> BuildAnnShards(s.index, s.shards, inputs.settings.work_dir, dense_vectors.key)
-    return dense_vectors.queries | "AnnNegatives" >> ShardedSearch("ann", shards, s.shards, s.depth or m.rank_end or 500, s.query_batch_size)
+    batch = inputs.settings.query_batch_size
+    return dense_vectors.queries | "AnnNegatives" >> ShardedSearch("ann", shards, s.shards, s.depth or m.rank_end or 500, batch)
