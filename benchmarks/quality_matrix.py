@@ -25,7 +25,11 @@ Rows (--rows):
                        miner now leaves them out itself when no log is given; should it refuse instead,
                        the row mines with the default minus `impression` and warns. The table caption
                        names the mix each row used.
-  tripleminer-best     `tripleminer mine --negatives BEST_MIX` (--best_mix).
+  tripleminer-best     `tripleminer mine --negatives BEST_MIX BEST_MINE_ARGS` (--best_mix, --best_mine_args).
+                       Each (mix, mine options) tried is its own cell, kept under its own folder; the
+                       tables list every one tried ("mixes tried") and the tripleminer-best row shows
+                       the one with the best mean nDCG@10, so that row is picked on the test split
+                       (optimistic by construction, which is why the targets are on the default row).
 
 Recipes (--recipes):
   st    the fixed sentence-transformers recipe: MultipleNegativesRankingLoss, 1 epoch, learning rate 2e-5,
@@ -293,14 +297,14 @@ def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path
 
 
 def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path,
-                     negatives: Optional[str]) -> Tuple[str, float, Dict[str, Any]]:
+                     negatives: Optional[str], mine_args: Sequence[str] = ()) -> Tuple[str, float, Dict[str, Any]]:
     """`tripleminer mine` on every judged train pair (no query log), then the chosen pairs' rows.
     negatives None: the pipeline's default mix, or that minus impression when the miner refuses it."""
     from tripleminer.pipelines import mine
 
     argv = ["--corpus", str(data.path / "corpus.jsonl"), "--queries", str(data.path / "queries.jsonl"),
             "--qrels", str(data.path / "qrels" / "train.tsv"), "--output", str(out.parent / "mined"),
-            "--work_dir", str(cache), "--seed", str(seed), "--device", "cpu", "--overwrite"]
+            "--work_dir", str(cache), "--seed", str(seed), "--device", "cpu", "--overwrite", *mine_args]
     info: Dict[str, Any] = {}
     try:
         stats = mine.run(argv + (["--negatives", negatives] if negatives else []))
@@ -318,14 +322,27 @@ def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cach
     return stats["config"]["negatives"], stats["wall_time_s"], info
 
 
+def best_spec(args: argparse.Namespace) -> str:
+    """What names a tripleminer-best cell: the mix, plus the extra mine options where given."""
+    return " ".join([args.best_mix, *shlex.split(args.best_mine_args)])
+
+
+def cell_dir(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> Path:
+    """A cell's folder of mined rows and models; each tripleminer-best spec has its own."""
+    folder = root(args) / data.name / f"seed{seed}" / row
+    return folder / f"spec{stable_seed(best_spec(args)) % 10**8}" if row == "tripleminer-best" else folder
+
+
 def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> Mined:
     """The row's nested training rows for (dataset, seed), mined now or reused from --work_dir."""
     base = root(args) / data.name
-    folder = base / f"seed{seed}" / row
+    folder = cell_dir(data, row, seed, args)
     meta_path, path = folder / "mined.json", folder / "train.parquet"
     pairs = chosen_pairs(data, seed, args)
-    negatives = args.best_mix if row == "tripleminer-best" else None
-    asked = {"pairs": stable_seed(*sorted(f"{q}\t{d}" for q, d in pairs)), "negatives": negatives}
+    best = row == "tripleminer-best"
+    negatives = args.best_mix if best else None
+    asked = {"pairs": stable_seed(*sorted(f"{q}\t{d}" for q, d in pairs)), "negatives": negatives,
+             **({"mine_args": args.best_mine_args} if best and args.best_mine_args else {})}
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("asked", asked) == asked:  # a mined.json from before this check is trusted
@@ -338,7 +355,8 @@ def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> 
     elif row == "peer":
         mix, mine_s, info = mine_peer(data, pairs, path, seed, base / "peer_cache")
     else:
-        mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives)
+        mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives,
+                                             shlex.split(args.best_mine_args) if best else ())
     info["chosen_pairs"] = len(pairs)
     meta = {"asked": asked, "mix": mix, "rows": pq.ParquetFile(path).metadata.num_rows, "mine_s": round(mine_s, 2), "info": info}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -410,7 +428,7 @@ def recipe_folder(recipe: str, args: argparse.Namespace) -> str:
 
 def trained_model(data: DataSet, row: str, recipe: str, seed: int, mined: Mined, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or reuse) the cell's model; returns its directory, training seconds and details."""
-    out = root(args) / data.name / f"seed{seed}" / row / recipe_folder(recipe, args)
+    out = cell_dir(data, row, seed, args) / recipe_folder(recipe, args)
     done = out / "train.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -440,8 +458,10 @@ def root(args: argparse.Namespace) -> Path:
 
 
 def cell_key(record: Record) -> Tuple[Any, ...]:
-    """What makes a cell: dataset, row, recipe, seed, and whether it was a --quick run."""
-    return record["dataset"], record["row"], record["recipe"], record["seed"], record.get("quick", False)
+    """What makes a cell: dataset, row, recipe, seed, whether it was a --quick run, and for
+    tripleminer-best the spec (mix and mine options) it tried."""
+    return (record["dataset"], record["row"], record["recipe"], record["seed"], record.get("quick", False),
+            record.get("best_spec"))
 
 
 def load_results(path: Path) -> List[Record]:
@@ -481,14 +501,15 @@ def run_matrix(args: argparse.Namespace) -> None:
     results = Path(args.results)
     done = {cell_key(r) for r in load_results(results)}
     cells = planned_cells(args)
-    todo = [c for c in cells if (*c, args.quick) not in done]
+    todo = [c for c in cells if (*c, args.quick, best_spec(args) if c[1] == "tripleminer-best" else None) not in done]
     log.info("%d cells asked, %d already in %s, %d to run", len(cells), len(cells) - len(todo), results, len(todo))
     loaded: Dict[str, DataSet] = {}
     for i, (name, row, recipe, seed) in enumerate(todo, start=1):
         log.info("[%d/%d] %s | %s | %s | seed %s", i, len(todo), name, row, recipe, seed)
         data = loaded.get(name) or loaded.setdefault(name, load_dataset(name, args))
         record: Record = {"dataset": name, "row": row, "recipe": recipe, "seed": seed, "quick": args.quick,
-                          "data": data_info(data, args), "mine_s": 0.0, "train_s": 0.0}
+                          "data": data_info(data, args), "mine_s": 0.0, "train_s": 0.0,
+                          **({"best_spec": best_spec(args)} if row == "tripleminer-best" else {})}
         if row == "zero-shot":
             model_path = default_model()
         else:
@@ -513,9 +534,40 @@ def run_matrix(args: argparse.Namespace) -> None:
 
 
 def cell_values(records: Sequence[Record], dataset: str, row: str, recipe: str, quick: bool) -> List[Record]:
-    """The records of one table cell (every seed); zero-shot fills every recipe column."""
+    """The records of one table cell (every seed); zero-shot fills every recipe column; tripleminer-best
+    is the spec tried with the best mean nDCG@10 (see tried_specs)."""
     wanted = NO_RECIPE if row == "zero-shot" else recipe
-    return [r for r in records if (r["dataset"], r["row"], r["recipe"], r.get("quick", False)) == (dataset, row, wanted, quick)]
+    found = [r for r in records if (r["dataset"], r["row"], r["recipe"], r.get("quick", False)) == (dataset, row, wanted, quick)]
+    if row != "tripleminer-best" or not found:
+        return found
+    best = max(tried_specs(found).items(), key=lambda kv: statistics.fmean(r["nDCG@10"] for r in kv[1]))[0]
+    return [r for r in found if r["best_spec"] == best]
+
+
+def tried_specs(records: Sequence[Record]) -> Dict[str, List[Record]]:
+    """tripleminer-best records by the spec they tried, in the order first tried."""
+    specs: Dict[str, List[Record]] = {}
+    for r in records:
+        if r["row"] == "tripleminer-best":
+            specs.setdefault(r["best_spec"], []).append(r)
+    return specs
+
+
+def tried_table(records: Sequence[Record], dataset: str, recipes: Sequence[str], quick: bool) -> List[str]:
+    """Every tripleminer-best spec tried on the dataset, nDCG@10 per recipe (mean [min-max] over seeds)."""
+    mine = [r for r in records if (r["dataset"], r.get("quick", False)) == (dataset, quick) and r["row"] == "tripleminer-best"]
+    if not mine:
+        return []
+    lines = ["Mixes tried for tripleminer-best (the row above shows the best; picked on test, so optimistic):", "",
+             "| negatives and mine options | " + " | ".join(f"{rc} nDCG@10 | {rc} seeds" for rc in recipes) + " |",
+             "|---|" + "---:|---:|" * len(recipes)]
+    for spec in tried_specs(mine):
+        line = [f"`{spec}`"]
+        for rc in recipes:
+            cell = [r for r in mine if r["best_spec"] == spec and r["recipe"] == rc]
+            line += [mean_spread([r["nDCG@10"] for r in cell]), ", ".join(str(r["seed"]) for r in cell)]
+        lines.append("| " + " | ".join(line) + " |")
+    return lines + [""]
 
 
 def mean_spread(values: Sequence[float], digits: int = 4) -> str:
@@ -554,8 +606,9 @@ def caption(records: Sequence[Record], dataset: str, recipes: Sequence[str]) -> 
            else f"judged train pairs capped to {d['cap_per_query']} per query and {d['cap_rows']:,} rows in all (seeded), "
                 f"of {d['train_pairs_judged']:,} judged pairs of {d['train_queries']:,} queries; every miner saw all of them")
     rows: Dict[str, Tuple[str, Dict[str, Set[int]]]] = {}
+    shown = {id(r) for rc in recipes for r in cell_values(records, dataset, "tripleminer-best", rc, latest.get("quick", False))}
     for r in records:
-        if "mix" in r and r["recipe"] in recipes:
+        if "mix" in r and r["recipe"] in recipes and (r["row"] != "tripleminer-best" or id(r) in shown):
             rows.setdefault(r["row"], (r["mix"], {}))[1].setdefault(r["recipe"], set()).add(r["train_rows"])
     mixes = "; ".join(f"{row}: {mix}, training rows " + ", ".join(f"{rc} {'/'.join(map(str, sorted(n)))}" for rc, n in counts.items())
                       for row, (mix, counts) in rows.items())
@@ -592,6 +645,7 @@ def render(records: Sequence[Record], recipes: Sequence[str], margin: float, ext
                 line.append(mean_spread([r["train_s"] for r in c], 0) if row != "zero-shot" else "-")
             out.append("| " + " | ".join(line) + " |")
         out.append("")
+        out += tried_table(records, dataset, recipes, quick)
     out += ["### Targets", "", f"tripleminer-default beats in-batch and peer by >= {margin} nDCG@10 (mean over seeds):", "",
             "| dataset | recipe | lead over in-batch | lead over peer | met |", "|---|---|---:|---:|---|"]
     extra: List[str] = []
@@ -631,6 +685,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[13],
                         help="seeds of the cap draw, mining and training; the tables show mean [min-max] over them")
     parser.add_argument("--best_mix", default=BEST_MIX, help="tripleminer mine --negatives of the tripleminer-best row")
+    parser.add_argument("--best_mine_args", default="",
+                        help="extra tripleminer mine options of the tripleminer-best row, e.g. '--pos_aware_ratio 0.95'")
     parser.add_argument("--capped_datasets", nargs="*", choices=DATASETS, default=["nfcorpus"],
                         help="datasets whose training pairs are capped (after mining on all of them)")
     parser.add_argument("--cap_per_query", type=int, default=2, help="training pairs kept per query (seeded draw)")

@@ -6,7 +6,7 @@ abstract at a random offset, under a new id; queries are sentences cut from docu
 document is the judged positive. Short texts and `--max_seq_length 64` keep embedding on 2 CPU
 cores feasible; IVF indices (4 sqrt(n) cells for a shard of n vectors) are used from 50k documents on.
 
-    python benchmarks/scale.py [--sizes 10000,50000,200000] [--queries 2000]
+    python benchmarks/scale.py [--sizes 10000,50000,200000] [--queries 2000] [--precision auto]
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def case(args) -> dict:
         "--corpus", str(d / "corpus.jsonl"), "--queries", str(d / "queries.jsonl"), "--qrels", str(d / "qrels.tsv"),
         "--negatives", "bm25:2@1-100,ann:2@101-500,random:1", "--max_seq_length", "64",
         "--ann_index", index, "--ann_nprobe", "16", "--bm25_shards", str(shards), "--ann_shards", str(shards),
-        "--work_dir", str(d / "work"), "--output", str(d / "out"), "--overwrite",
+        "--precision", args.precision, "--work_dir", str(d / "work"), "--output", str(d / "out"), "--overwrite",
     ])
     return {"seconds": time.perf_counter() - start, "rows": stats["rows"], "index": index,
+            "precision": stats["config"]["precision_resolved"],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "busy_ms": stats["busy_time_ms_per_stage"]}
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help="the mine's --precision (auto: bf16 on CPUs with native bf16)")
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -82,12 +84,13 @@ def main() -> None:
     for size in map(int, args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             build_corpus(Path(args.data), size, args.queries, Path(tmp))
-            run = subprocess.run([sys.executable, __file__, "--case", "--dir", tmp, "--size", str(size)],
+            run = subprocess.run([sys.executable, __file__, "--case", "--dir", tmp, "--size", str(size), "--precision", args.precision],
                                  capture_output=True, text=True)
             if run.returncode:
                 raise RuntimeError(run.stderr[-3000:])
             results.append((size, json.loads(run.stdout.strip().splitlines()[-1])))
             print(f"{size}: {results[-1][1]}", file=sys.stderr)
+    print(f"\nprecision {results[0][1]['precision']}")
     print(f"\n{'docs':>8}  {'index':>16}  {'wall':>8}  {'peak RSS':>9}  {'rows':>6}  embed busy  search busy")
     for size, r in results:
         b = r["busy_ms"]

@@ -61,3 +61,25 @@ def test_render_targets_and_extra_seeds():
     assert "| scifact | st | +0.0080 | +0.0280 | yes |" in text
     assert "lead over in-batch under 0.01" in text and "peer under" not in text
     assert qm.lead(records, "scifact", "st", "peer", False) == pytest.approx(0.028)
+
+
+def best(spec: str, seed: int, ndcg: float) -> dict:
+    return dict(record("tripleminer-best", "st", seed, ndcg), best_spec=spec, mix=spec.split()[0])
+
+
+def test_best_row_is_the_best_spec_tried_and_every_spec_is_listed():
+    records = [record("in-batch", "st", 13, 0.660), best("bm25:1 --pos_aware_ratio 0.95", 13, 0.671),
+               best("ann:2", 13, 0.690), best("ann:2", 14, 0.650), best("random:3", 13, 0.662)]
+    chosen = qm.cell_values(records, "scifact", "tripleminer-best", "st", False)
+    assert [r["best_spec"] for r in chosen] == ["bm25:1 --pos_aware_ratio 0.95"]  # mean 0.671 beats ann:2's 0.670
+    text = qm.render(records, ["st"], margin=0.005, extra_below=0.01)
+    assert "| tripleminer-best | 1 | 0.6710 |" in text
+    assert "| `ann:2` | 0.6700 [0.6500-0.6900] | 13, 14 |" in text
+    assert "| `random:3` | 0.6620 | 13 |" in text
+    assert qm.cell_key(chosen[0]) != qm.cell_key(best("ann:2", 13, 0.690))
+
+
+def test_best_spec_names_mix_and_mine_args():
+    args = qm.parse_args(["--best_mix", "bm25:2@10-50", "--best_mine_args", "--pos_aware_ratio 0.95"])
+    assert qm.best_spec(args) == "bm25:2@10-50 --pos_aware_ratio 0.95"
+    assert qm.best_spec(qm.parse_args([])) == qm.BEST_MIX
