@@ -83,3 +83,14 @@ def test_best_spec_names_mix_and_mine_args():
     args = qm.parse_args(["--best_mix", "bm25:2@10-50", "--best_mine_args", "--pos_aware_ratio 0.95"])
     assert qm.best_spec(args) == "bm25:2@10-50 --pos_aware_ratio 0.95"
     assert qm.best_spec(qm.parse_args([])) == qm.BEST_MIX
+
+
+def test_cap_pairs_picks_what_the_miner_mines_under_max_positives_per_query():
+    from tripleminer.transforms.sample import MixPolicy
+
+    judged = qrels({f"q{i}": 7 for i in range(10)})
+    pairs = qm.cap_pairs(judged, per_query=2, max_rows=None, seed=13)
+    policy = MixPolicy(max_positives=2)
+    for q, docs in judged.items():
+        mined = policy.row_positives(13, q, [{"doc_id": d} for d in docs])
+        assert {(q, p["doc_id"]) for p in mined} == {pair for pair in pairs if pair[0] == q}

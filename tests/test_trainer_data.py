@@ -169,3 +169,9 @@ def test_random_draws_follow_the_example_and_epoch_not_the_partitioning(shards):
     assert all(alone[q] == split[q] for q in split)
     next_epoch = negatives_by_query(shards, 1, epoch=1)
     assert any(alone[q] != next_epoch[q] for q in alone)
+
+
+def test_collate_records_which_row_brought_each_passage(shards):
+    stream = TripleStream(list_row_groups([shards]), NegativeMix.parse("bm25:2/top,ann:1/top"), shuffle_buffer=1)
+    batch = collate(list(iter(stream))[:2])
+    assert batch.passage_owners.tolist() == [0, 1, 0, 0, 0, 1, 1, 1]  # 2 positives, then 3 negatives each

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tripleminer.trainer.losses import ContrastiveLoss, info_nce, known_positive_mask, triplet_margin
+from tripleminer.trainer.losses import (
+    ContrastiveLoss,
+    hardest_negative,
+    info_nce,
+    known_positive_mask,
+    triplet_margin,
+)
 from tripleminer.trainer.memory import EmbeddingQueue, MomentumEncoder
 
 SCORES = torch.tensor([[0.5, 0.1, -0.2], [0.3, 0.4, 0.0]])
@@ -82,6 +88,62 @@ def test_contrastive_loss_masks_a_second_positive_of_the_same_query():
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError):
         ContrastiveLoss("hinge")
+    with pytest.raises(ValueError):
+        ContrastiveLoss("triplet", triplet_negative="softest")
+
+
+def test_hardest_negative_is_the_argmax_outside_the_excluded():
+    excluded = torch.tensor([[True, False, False], [False, True, True]])
+    assert hardest_negative(SCORES, excluded).tolist() == [[False, True, False], [True, False, False]]
+    assert not hardest_negative(SCORES, torch.ones(2, 3, dtype=torch.bool)).any()  # nothing left to choose
+
+
+def triplet_batch():
+    """3 queries; passages: 3 positives, then query 0's mined negatives (rows 3, 4) and query 1's (row 5), and
+    row 6, another copy of query 0's positive document (same key) brought by query 2, the closest to query 0."""
+    torch.manual_seed(2)
+    queries = torch.randn(3, 8, requires_grad=True)
+    passages = torch.randn(7, 8)
+    passages[6] = queries[0].detach() * 3
+    passages.requires_grad_()
+    query_keys, passage_keys = torch.tensor([1, 2, 3]), torch.tensor([11, 12, 13, 14, 15, 16, 11])
+    owners = torch.tensor([0, 1, 2, 0, 0, 1, 2])
+    return queries, passages, query_keys, passage_keys, owners
+
+
+def hinge(queries, passages, i, negatives, margin=0.2):
+    scores = F.normalize(queries, dim=-1)[i] @ F.normalize(passages, dim=-1).T
+    return torch.stack([(margin - scores[i] + scores[j]).clamp(min=0) for j in negatives]).mean()
+
+
+def test_hardest_in_batch_triplet_takes_the_top_scoring_non_positive_and_skips_copies_of_the_positive():
+    queries, passages, query_keys, passage_keys, owners = triplet_batch()
+    loss = ContrastiveLoss("triplet", margin=0.2, triplet_negative="hardest_in_batch")(
+        queries, passages, query_keys, passage_keys, passage_owners=owners)
+    scores = (F.normalize(queries, dim=-1) @ F.normalize(passages, dim=-1).T).detach()
+    assert scores[0].argmax() == 6  # the copy of query 0's positive scores highest, and must not be chosen
+    hardest = []
+    for i in range(3):
+        candidates = [j for j in range(7) if j != i and not (i == 0 and j == 6)]
+        hardest.append(max(candidates, key=lambda j: scores[i, j]))
+    assert hardest[0] != 6
+    expected = torch.stack([hinge(queries, passages, i, [j]) for i, j in enumerate(hardest)]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0
+    loss.backward()
+    pushed = {j for j in range(3, 7) if passages.grad[j].abs().sum() > 0}
+    assert pushed == {j for j in hardest if j >= 3}  # only the chosen negatives move
+
+
+def test_mined_triplet_uses_only_each_querys_own_negatives():
+    queries, passages, query_keys, passage_keys, owners = triplet_batch()
+    loss = ContrastiveLoss("triplet", margin=0.2, triplet_negative="mined")(
+        queries, passages, query_keys, passage_keys, passage_owners=owners)
+    # Row 6 came with query 2, and query 2 does not know document 11 as relevant: its one mined negative.
+    expected = torch.stack([hinge(queries, passages, 0, [3, 4]), hinge(queries, passages, 1, [5]),
+                            hinge(queries, passages, 2, [6])]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    everything = ContrastiveLoss("triplet", margin=0.2)(queries, passages, query_keys, passage_keys)
+    assert everything.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
 def test_queue_keeps_the_newest_normalised_embeddings_without_gradient():

@@ -14,6 +14,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "mine": ("tripleminer.pipelines.mine", "main", "query log / qrels + corpus -> Parquet training triples (Beam)"),
     "pretext": ("tripleminer.pipelines.pretext", "main", "bare corpus -> self-supervised Parquet training triples (ICT, crop, span; Beam)"),
     "report": ("tripleminer.report", "main", "HTML page with plots of a mining run's output"),
+    "audit": ("tripleminer.audit", "main", "false-negative rate left in a run, from its labelled --audit_sample (Wilson intervals)"),
     "train": ("tripleminer.trainer.cli", "train_main", "fine-tune a dual encoder on triple shards (torchrun for several ranks)"),
     "evaluate": ("tripleminer.trainer.cli", "evaluate_main", "nDCG@10, Recall@100, MRR@10 of a model on a BEIR split"),
     "train-cross-encoder": ("tripleminer.rerank.train", "main", "fine-tune a cross-encoder on nested triples (for --cross_encoder)"),

@@ -343,6 +343,46 @@ def left_out(run: Run) -> List[str]:
     return items
 
 
+def guard_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """What the leakage guard and the near-duplicate filter dropped, by reason (from the counters)."""
+    counters = stats.get("counters", {})
+    rows: List[Tuple[str, Any]] = [(f"leakage: {k}", v) for k, v in counters.get("leakage", {}).items()]
+    near = counters.get("filter", {})
+    rows += [(f"filter: {k} (candidates removed)" if k.startswith("near_duplicate_of_positive") else f"filter: {k}", v)
+             for k, v in near.items() if k.startswith("near_duplicate")]
+    return rows
+
+
+def audit_section(run_dir: str) -> Optional[str]:
+    """The audit estimate (`tripleminer audit`) as an HTML table, a hint where only the sample exists, else None."""
+    from tripleminer.audit import ESTIMATE_FILE, SAMPLE_GLOB
+
+    path = os.path.join(run_dir, ESTIMATE_FILE)
+    title = "<h2 id='audit'>False negatives left (audit sample)</h2>"
+    if not os.path.exists(path):
+        if glob.glob(os.path.join(run_dir, SAMPLE_GLOB)):
+            return (title + "<p class='note'>This run wrote an audit sample (audit-*.jsonl). Label it and run "
+                    "<code>tripleminer audit RUN_DIR --labels FILE</code> (or <code>--judge MODEL</code>) to see the estimate here.</p>")
+        return None
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    interval = lambda i: "-" if not i else f"[{pct(i[0])}, {pct(i[1])}]"  # noqa: E731
+    level = f"{100 * result['confidence']:.0f}%"
+    labels = result.get("labels", {})
+    who = f"judge {labels['judge']} (P >= {labels['threshold']})" if "judge" in labels else f"labels {labels.get('file', '')}"
+    cells = ["<tr><th>stratum</th><th>written negatives</th><th>labelled</th><th>false negatives</th><th>rate</th>"
+             f"<th>{level} Wilson interval</th></tr>"]
+    for name, h in result["strata"].items():
+        cells.append(f"<tr><td>{html.escape(name)}</td><td>{h['population']}</td><td>{h['labelled']}</td><td>{h['false_negatives']}</td>"
+                     f"<td>{pct(h['rate'])}</td><td>{interval(h['interval'])}</td></tr>")
+    o = result["overall"]
+    cells.append(f"<tr><td><b>overall (weighted to the population)</b></td><td>{o['population']}</td><td>{o['labelled']}</td>"
+                 f"<td>{o['false_negatives']}</td><td><b>{pct(o['rate'])}</b></td><td>{interval(o['interval'])}</td></tr>")
+    return (title + f"<p class='note'>Estimated share of the written negatives that are actually relevant, from {html.escape(who)}.</p>"
+            "<table>" + "".join(cells) + "</table>")
+
+
 def _slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
@@ -417,6 +457,7 @@ def write_report(run_dir: str, out: Optional[str] = None) -> str:
     summary += [
         ("negatives in the shards", run.negative_texts.height),
         ("negatives with the same text as their row's positive", same_text_as_positive(run)),
+        *guard_summary(stats),
         ("wall time", f"{stats.get('wall_time_s', '-')} s"),
         ("negative mix", stats["config"].get("negatives", "")),
         ("seed", stats["config"].get("seed", "")),
@@ -452,6 +493,9 @@ def write_report(run_dir: str, out: Optional[str] = None) -> str:
             page.append(f"<h2 id='{_slug(title)}'>{html.escape(title)}</h2><img src='{image}' alt='{html.escape(title)}'>")
         elif none:
             page.append(f"<h2 id='{_slug(title)}'>{html.escape(title)}</h2><p class='note'>{html.escape(none)}</p>")
+    audit = audit_section(run_dir)
+    if audit:
+        page.append(audit)
     missing = left_out(run)
     if missing:
         page.append(f"<h2 id='left-out'>Left out: needs the nested layout</h2><p>The {html.escape(run.layout)} rows "

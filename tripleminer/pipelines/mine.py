@@ -19,8 +19,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tripleminer.io.readers import ReadRecords
 from tripleminer.pipelines.driver import PipelineSpec
-from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, LabelOptions, MixOptions,
-                                           OutputOptions)
+from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, GuardOptions, LabelOptions,
+                                           MixOptions, OutputOptions)
 from tripleminer.pipelines.settings import TriplesSettings, triples_settings
 from tripleminer.pipelines.triples import RecordsToTriples, read_corpus
 from tripleminer.schemas.mix import SOURCES, parse_mix
@@ -29,7 +29,7 @@ from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
 
 DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
-GROUPS = (CorpusOptions, LabelOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions)
+GROUPS = (CorpusOptions, LabelOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions, GuardOptions)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.schemas.mix import SOURCES
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 from tripleminer.transforms import pretext as pt
+from tripleminer.transforms.leakage import DEFAULT_LEAK_JACCARD, EVAL_DOCS
 
 Groups = Sequence[Type[PipelineOptions]]
 DEFAULT_VOCABULARY_SIZE = 10_000
@@ -222,6 +223,37 @@ class CrossEncoderOptions(PipelineOptions):
         g.add_argument("--ce_precision", default=None, choices=PRECISIONS,
                        help="Compute precision of the cross-encoder (auto, fp32, bf16, fp16 as for --precision); default: --precision. "
                             "Recorded as ce_precision_resolved; the score cache keeps each precision apart.")
+
+
+class GuardOptions(PipelineOptions):
+    """Evaluation leakage, near-duplicate negatives and the audit sample (all off unless asked for)."""
+
+    TITLE = "evaluation leakage, near-duplicate negatives, audit sample"
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group(cls.TITLE)
+        g.add_argument("--exclude_eval", action="append", default=None, metavar="PATTERN",
+                       help="Evaluation set to keep out of the triples (repeatable): a BEIR folder (the queries and judged documents of its "
+                            "qrels/test.tsv), a qrels file (texts from the BEIR layout's queries.jsonl), or a queries file. Training queries that "
+                            "duplicate an evaluation query are dropped, so are rows whose positive is a judged document, and judged documents are "
+                            "never negatives; each drop is counted (leakage/*) and listed in leakage-*.jsonl. Read by this guard only.")
+        g.add_argument("--leak_jaccard", type=float, default=DEFAULT_LEAK_JACCARD,
+                       help="A training query whose word set has MinHash Jaccard >= this with an evaluation query's is a near duplicate "
+                            "(equal normalised texts always are). Measured on SciFact: copies of test queries with 1-2 edited words score >= 0.57.")
+        g.add_argument("--exclude_eval_docs", default="all", choices=EVAL_DOCS,
+                       help="Which uses of the evaluation queries' judged documents to keep out: all (rows with one as positive are dropped; "
+                            "as a negative it is removed from the candidates, so the row is filled from others), positives (only the rows), none.")
+        g.add_argument("--dup_jaccard", type=float, default=None,
+                       help="Never use a candidate negative whose word-bigram MinHash Jaccard with one of its query's positives is >= this "
+                            "(near copies: re-posts, versions, boilerplate), from any source; counted as filter/near_duplicate_of_positive. "
+                            "Off by default; 0.4 removes copies with up to 15%% of the words reworded (94%% at 20%%), while unrelated SciFact abstracts, "
+                            "BM25 neighbours included, stay below 0.1. The MinHash LSH index is cached under --work_dir like the BM25 shards.")
+        g.add_argument("--dup_cosine", type=float, default=None,
+                       help="Likewise for a bi-encoder cosine >= this between candidate and positive documents (e.g. 0.98). Needs ann in the mix.")
+        g.add_argument("--audit_sample", type=int, default=0, metavar="N",
+                       help="Write audit-*.jsonl: N random written negatives per source x rank bucket (seeded), label empty, and the strata's "
+                            "sizes in audit_strata-*.jsonl; label them and run `tripleminer audit OUTPUT` for the false-negative rate left. 0: none.")
 
 
 REQUIRED = ("corpus", "output")

@@ -23,7 +23,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from tripleminer.pipelines.driver import PipelineSpec
 from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, GeneratorOptions,
-                                           MixOptions, OutputOptions)
+                                           GuardOptions, MixOptions, OutputOptions)
 from tripleminer.pipelines.settings import TriplesSettings, triples_settings
 from tripleminer.pipelines.stats import summarize
 from tripleminer.pipelines.triples import RecordsToTriples, read_corpus
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GENERATORS = "ict:1,crop:1,span:1"
 DEFAULT_MIX = "same_doc:1,bm25:2@1-50,random:1"
 DEFAULTS = {"negatives": DEFAULT_MIX, "generators": DEFAULT_GENERATORS}
-GROUPS = (CorpusOptions, GeneratorOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions)
+GROUPS = (CorpusOptions, GeneratorOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions, GuardOptions)
 
 _GENERATOR_SPEC = re.compile(r"^(?P<name>[a-z_]+)(?::(?P<rate>\d+(?:\.\d*)?|\.\d+))?$")
 

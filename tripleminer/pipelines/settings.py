@@ -16,12 +16,14 @@ import tripleminer
 from tripleminer.encoders import EncoderSettings, default_model
 from tripleminer.index.bm25 import BM25Settings
 from tripleminer.index.dense import AnnSettings
-from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, Groups, MixOptions,
-                                           OutputOptions, recorded_options)
+from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, Groups, GuardOptions,
+                                           MixOptions, OutputOptions, recorded_options)
 from tripleminer.precision import resolve_precision
 from tripleminer.schemas.mix import SOURCES, SourceMix, offered_sources, parse_mix
 from tripleminer.transforms.candidates import BM25Search, CandidateSettings, DenseSearch
 from tripleminer.transforms.crossencoder import DenoiseSettings
+from tripleminer.transforms.leakage import LeakageSettings, resolve_eval
+from tripleminer.transforms.near_duplicates import NearDuplicateSettings
 from tripleminer.transforms.sample import MixPolicy
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,15 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """Evaluation-leakage guard, near-duplicate negative filter, audit sample: all off by default."""
+
+    leakage: Optional[LeakageSettings] = None
+    near_duplicates: NearDuplicateSettings = NearDuplicateSettings()
+    audit_sample: int = 0  # negatives sampled per stratum for audit-*.jsonl; 0: no audit sample
+
+
+@dataclass(frozen=True)
 class TriplesSettings:
     """Everything from query records to written triples, shared by every pipeline."""
 
@@ -55,6 +66,7 @@ class TriplesSettings:
     candidates: CandidateSettings
     denoise: Optional[DenoiseSettings]
     config: Dict[str, Any] = field(compare=False)  # recorded in every shard and in stats.json
+    guard: GuardSettings = GuardSettings()
 
     @property
     def seed(self) -> int:
@@ -104,6 +116,7 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
         denoise = DenoiseSettings(ce_o.cross_encoder, ce_o.ce_drop_threshold, ce_o.ce_augment, ce_o.ce_positive_threshold,
                                   ce_o.ce_negative_threshold, ce_o.ce_augment_max_labels, ce_o.ce_batch_pairs,
                                   max_length=ce_o.ce_max_length, device=dense_o.device, precision=ce_precision)
+    guard = guard_settings(options.view_as(GuardOptions), dense)
     # the precisions the models will run at (auto resolved here, on the machine that plans the run)
     precisions = {"precision_resolved": encoder.precision, **({"ce_precision_resolved": denoise.precision} if denoise else {})}
     config = {"tripleminer_version": tripleminer.__version__,
@@ -111,8 +124,21 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     return TriplesSettings(
         corpus=CorpusSettings(corpus.corpus, corpus.max_doc_chars),
         output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards),
-        mix=mix, policy=policy, candidates=candidates, denoise=denoise, config=config,
+        mix=mix, policy=policy, candidates=candidates, denoise=denoise, config=config, guard=guard,
     )
+
+
+def guard_settings(o: GuardOptions, dense: bool) -> GuardSettings:
+    """`GuardOptions` -> settings; the evaluation files are found (not yet read) here, so a wrong
+    --exclude_eval stops the run before it starts."""
+    if not 0.0 < o.leak_jaccard <= 1.0:
+        raise ValueError(f"--leak_jaccard must be in (0, 1], got {o.leak_jaccard}")
+    if o.audit_sample < 0:
+        raise ValueError("--audit_sample must be >= 0")
+    if o.dup_cosine is not None and not dense:
+        raise ValueError("--dup_cosine compares the bi-encoder's document vectors: add ann to --negatives")
+    leakage = LeakageSettings(resolve_eval(o.exclude_eval), o.leak_jaccard, o.exclude_eval_docs) if o.exclude_eval else None
+    return GuardSettings(leakage, NearDuplicateSettings(o.dup_jaccard, o.dup_cosine), o.audit_sample)
 
 
 def validate_mix(mix: Sequence[SourceMix], offered: Sequence[str]) -> None:

@@ -1,6 +1,11 @@
 """What every triples pipeline shares: reading the corpus, and the tail from query records to files.
 
-    records -> candidates (source table) -> filter (positive-aware) -> sample -> texts -> denoise -> write
+    records -> [leakage: eval queries] -> candidates (source table)
+            -> filter ([near copies of positives], [eval-judged documents], positive-aware) -> sample
+            -> texts -> denoise -> [leakage: eval-judged positives] -> [audit sample] -> write
+
+The bracketed steps run only when asked for (`GuardSettings`), so without them the rows are those
+of a run before they existed.
 
 `mine` (labelled queries) and `pretext` (self-supervised pairs) differ only in how they make query
 records; from the records on they apply `RecordsToTriples`, with the same step labels, so a stage
@@ -19,7 +24,11 @@ from tripleminer.io.writers import CE_REPORT_PREFIX, WriteDeadLetters, WriteTrip
 from tripleminer.pipelines.settings import CorpusSettings, TriplesSettings
 from tripleminer.transforms.candidates import CandidateInputs, candidate_lists
 from tripleminer.transforms.crossencoder import CrossEncoderDenoise
+from tripleminer.transforms.audit_sample import AuditSettings, WriteAuditSample
 from tripleminer.transforms.dedupe import DedupeById
+from tripleminer.transforms.leakage import REPORT_PREFIX as LEAKAGE_PREFIX
+from tripleminer.transforms.leakage import LeakageGuard
+from tripleminer.transforms.near_duplicates import DropNearDuplicateCandidates
 from tripleminer.transforms.retrieval import PositiveScores
 from tripleminer.transforms.sample import SampleNegatives
 from tripleminer.transforms.texts import AttachTexts
@@ -56,12 +65,21 @@ class RecordsToTriples(beam.PTransform):
         self.settings, self.corpus, self.dead, self.log_pairs, self.rewrite = settings, corpus, list(dead), log_pairs, rewrite
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        s = self.settings
+        s, g = self.settings, self.settings.guard
+        guard = LeakageGuard(records.pipeline, g.leakage) if g.leakage is not None else None
+        if guard is not None:
+            records = guard.queries(records)
         inputs = CandidateInputs(s.candidates, self.corpus.docs, self.corpus.ids, records, self.log_pairs)
         lists = candidate_lists(inputs, s.mix)
         candidates = lists | "AllCandidates" >> beam.Flatten() if lists else records.pipeline | "NoCandidates" >> beam.Create([])
         # The positives' dense scores feed the positive-aware filter and are kept in the rows.
         dense = inputs.embedded
+        if g.near_duplicates.active:
+            shards = max(s.candidates.bm25.shards, s.candidates.dense.shards)  # the MinHash index is sharded like the others
+            candidates = candidates | "DropNearDuplicates" >> DropNearDuplicateCandidates(
+                g.near_duplicates, records, self.corpus.docs, s.candidates.work_dir, shards, None if dense is None else dense.docs)
+        if guard is not None:
+            candidates = guard.negatives(candidates)
         positive_scores = None if dense is None else records | "PositiveScores" >> PositiveScores(dense.queries, dense.docs)
         if self.rewrite is not None:
             records = records | self.rewrite
@@ -74,13 +92,18 @@ class RecordsToTriples(beam.PTransform):
             denoised = rows | "CrossEncoderDenoise" >> CrossEncoderDenoise(s.denoise, s.candidates.work_dir)
             denoised["report"] | "WriteCeFlagged" >> WriteDeadLetters(s.output.path, CE_REPORT_PREFIX)
             rows = denoised["rows"]
+        o = s.output
+        if guard is not None:
+            rows = guard.positives(rows)
+            guard.reports | "AllLeakage" >> beam.Flatten() | "WriteLeakage" >> WriteDeadLetters(o.path, LEAKAGE_PREFIX)
+        if g.audit_sample:
+            rows | "AuditSample" >> WriteAuditSample(AuditSettings(g.audit_sample, s.seed, o.format, o.ntuple_negatives), o.path)
         (
             self.corpus.dead + self.dead
             | "AllDeadLetters" >> beam.Flatten()
             | "CountDeadLetters" >> beam.Map(_count_dead)
             | "WriteDeadLetters" >> WriteDeadLetters(s.output.path)
         )
-        o = s.output
         return rows | "WriteTriples" >> WriteTriples(o.path, o.format, s.config, o.num_shards, o.ntuple_negatives)
 
 

@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from transformers import HfArgumentParser
 
-from tripleminer.trainer.losses import LOSSES
+from tripleminer.trainer.losses import LOSSES, LTRE, TRIPLET_NEGATIVES
 
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -43,6 +43,12 @@ class DataArguments:
     )
     shuffle_buffer: int = field(**_opt("examples held in each reader's shuffle buffer", default=1024))
     num_workers: int = field(**_opt("dataloader processes per rank (0: read in the training process)", default=0))
+    batch_by_cluster: bool = field(
+        **_opt("topic-aware batches (TAS): every batch of a rank holds queries of one cluster, from the shards' "
+               "integer query_cluster column (tripleminer mine --query_clusters K). Rows stream into one buffer per "
+               "cluster and a full buffer becomes a batch; the part-filled buffers left at the end of a reader's "
+               "slice are mixed into its last batches", default=False)
+    )
 
 
 @dataclass
@@ -56,9 +62,30 @@ class TrainingArguments:
     weight_decay: float = field(**_opt("AdamW weight decay (not on biases and LayerNorm)", default=0.01))
     warmup_ratio: float = field(**_opt("fraction of steps with a linear learning-rate warm-up", default=0.1))
     max_grad_norm: float = field(**_opt("clip gradients to this norm (0: no clipping)", default=1.0))
-    loss: str = field(**_opt("training objective", default="infonce", metadata={"choices": LOSSES}))
-    temperature: float = field(**_opt("InfoNCE softmax temperature on cosine similarities", default=0.05))
+    loss: str = field(
+        **_opt("training objective: InfoNCE, triplet margin, or LTRe (the towers are split, the document tower "
+               "embeds --ltre_corpus once and stays frozen, the query tower learns from top-k retrieval over it)",
+               default="infonce", metadata={"choices": (*LOSSES, LTRE)})
+    )
+    temperature: float = field(
+        **_opt("InfoNCE softmax temperature on cosine similarities (LTRe: divides them in its pairwise loss)",
+               default=0.05)
+    )
     margin: float = field(**_opt("triplet loss margin on cosine similarities", default=0.2))
+    triplet_negative: str = field(
+        **_opt("negatives of the triplet loss: 'all' candidates (mean hinge), the query's own 'mined' ones, or "
+               "'hardest_in_batch': the highest-scoring passage of the batch, across ranks every rank's, that is "
+               "not a known positive", default="all", metadata={"choices": TRIPLET_NEGATIVES})
+    )
+    ltre_corpus: Optional[str] = field(
+        **_opt("--loss ltre: BEIR corpus.jsonl; the document tower embeds it once and stays frozen", default=None)
+    )
+    ltre_top_k: int = field(**_opt("--loss ltre: documents each query retrieves per step (ADORE: 200)", default=200))
+    grad_cache_chunk: int = field(
+        **_opt("GradCache: embed each micro-batch in chunks of at most this many queries and as many passages "
+               "without graphs, take the loss on the embeddings, then re-embed chunk by chunk to back-propagate "
+               "(same loss and gradients, activation memory of one chunk, one more forward; 0: off)", default=0)
+    )
     cross_batch: bool = field(
         **_opt("score each query against the passages of every rank (gathered with gradients), "
                "not only its own rank's; --no_cross_batch turns it off", default=True)
@@ -74,7 +101,15 @@ class TrainingArguments:
     seed: int = field(**_opt("seed of data order and negative draws", default=42))
     deterministic: bool = field(**_opt("use deterministic kernels only (slower on GPU)", default=False))
     logging_steps: int = field(**_opt("log the mean loss every this many optimiser steps", default=10))
-    save_steps: int = field(**_opt("also save a checkpoint every this many steps (0: only at the end)", default=0))
+    save_steps: int = field(
+        **_opt("also save a resumable checkpoint every this many steps, OUTPUT_DIR/checkpoint-STEP: the model plus "
+               "optimiser, scheduler, loss scaler, queue, RNG states of every rank and the data position "
+               "(0: only the final model)", default=0)
+    )
+    resume_from: Optional[str] = field(
+        **_opt("continue from a checkpoint-STEP directory exactly where it stopped; its weights replace "
+               "--model_name_or_path (give the same triples, options and number of ranks)", default=None)
+    )
     device: Optional[str] = field(**_opt("'cpu' or 'cuda' (unset: cuda:LOCAL_RANK when available)", default=None))
     disable_tqdm: bool = field(**_opt("no progress bar", default=False))
 
@@ -88,6 +123,12 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> Tuple[ModelArgumen
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     if not data_args.triples:
         parser.error("--triples is required")
+    if train_args.loss == LTRE and not train_args.ltre_corpus:
+        parser.error("--loss ltre needs --ltre_corpus (the corpus to retrieve from)")
+    if train_args.loss == LTRE and train_args.queue_size > 0:
+        parser.error("--loss ltre retrieves from the whole corpus; it takes no --queue_size")
+    if train_args.grad_cache_chunk < 0:
+        parser.error("--grad_cache_chunk must be >= 0")
     return model_args, data_args, train_args
 
 

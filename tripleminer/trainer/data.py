@@ -7,6 +7,11 @@ is read by two processes. Each rank gets the same number of rows (the at most `w
 left-over rows of an epoch are skipped), so all ranks take the same number of steps and none waits
 forever in a collective. Which negatives an example keeps is decided here, per source and count, so
 one mined set serves any mix.
+
+With `ClusterBatches` every batch holds queries of one cluster (the shards' `query_cluster` column,
+TAS-style topic-aware batches): examples stream into one buffer per cluster, a full buffer becomes a
+batch, and the part-filled buffers left at the end of a reader's slice are mixed into its last
+batches. At most clusters x (batch size - 1) examples wait in the buffers, so reading stays streaming.
 """
 
 from __future__ import annotations
@@ -14,16 +19,19 @@ from __future__ import annotations
 import glob
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tripleminer.schemas.mix import SourceMix, parse_mix
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.seeding import stable_seed
+
+CLUSTER_COLUMN = "query_cluster"
 
 
 def stable_key(text: str) -> int:
@@ -85,6 +93,7 @@ class Example:
     positive: str
     negative_ids: Tuple[str, ...]
     negatives: Tuple[str, ...]
+    cluster: Optional[int] = None  # the row's query_cluster, where the shards have one
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,25 @@ def list_row_groups(patterns: Sequence[str]) -> List[RowGroup]:
         meta = pq.ParquetFile(path).metadata
         groups += [RowGroup(path, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     return groups
+
+
+def require_cluster_column(row_groups: Sequence[RowGroup]) -> None:
+    """Refuse shards without an integer `query_cluster` column before any training starts."""
+    for path in sorted({g.path for g in row_groups}):
+        schema = pq.ParquetFile(path).schema_arrow
+        index = schema.get_field_index(CLUSTER_COLUMN)
+        if index < 0 or not pa.types.is_integer(schema.field(index).type):
+            raise ValueError(
+                f"--batch_by_cluster needs an integer {CLUSTER_COLUMN!r} column, which {path} lacks; "
+                "write it with `tripleminer mine --query_clusters K`"
+            )
+
+
+def positive_pairs(row_groups: Sequence[RowGroup]) -> Iterator[Tuple[str, str]]:
+    """(query id, positive doc id) of every row, reading only those two columns."""
+    for path in sorted({g.path for g in row_groups}):
+        table = pq.read_table(path, columns=["query_id", "positive.doc_id"])
+        yield from zip(*(table.column(i).to_pylist() for i in range(2)))
 
 
 def split_range(start: int, stop: int, parts: int, index: int) -> Tuple[int, int]:
@@ -198,6 +226,7 @@ class TripleStream(IterableDataset):
             positive=passage_text(positive),
             negative_ids=tuple(n["doc_id"] for n in negatives),
             negatives=tuple(passage_text(n) for n in negatives),
+            cluster=row.get(CLUSTER_COLUMN),
         )
 
 
@@ -215,26 +244,77 @@ def _shuffled(items: Iterator[Example], size: int, rng: np.random.Generator) -> 
         yield buffer[j]
 
 
+def cluster_batches(examples: Iterable[Example], batch_size: int) -> Iterator[List[Example]]:
+    """Batches of one cluster each while clusters fill up; the remainders, mixed, at the end.
+
+    Yields as many batches as plain batching would (ceil(examples / batch_size)), so every rank still
+    takes the same number of steps.
+    """
+    buffers: Dict[Optional[int], List[Example]] = {}
+    for example in examples:
+        buffer = buffers.setdefault(example.cluster, [])
+        buffer.append(example)
+        if len(buffer) == batch_size:
+            yield buffers.pop(example.cluster)
+    rest = [example for buffer in buffers.values() for example in buffer]
+    for start in range(0, len(rest), batch_size):
+        yield rest[start : start + batch_size]
+
+
+class ClusterBatches(IterableDataset):
+    """A `TripleStream` regrouped by `cluster_batches`, in each dataloader worker separately."""
+
+    def __init__(self, stream: TripleStream, batch_size: int) -> None:
+        self.stream = stream
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[List[Example]]:
+        return cluster_batches(iter(self.stream), self.batch_size)
+
+
 @dataclass
 class Batch:
     """A training batch. `passages[i]` is the positive of `queries[i]`; hard negatives follow.
 
     The integer keys let the loss recognise the same query or document across ranks, to keep a
-    query's other positives from counting as its negatives.
+    query's other positives from counting as its negatives; `passage_owners[j]` is the row whose
+    example brought passage j (its positive or one of its mined negatives).
     """
 
     queries: List[str]
     passages: List[str]
     query_keys: torch.Tensor
     passage_keys: torch.Tensor
+    passage_owners: torch.Tensor
 
 
 def collate(examples: Sequence[Example]) -> Batch:
     passages = [e.positive for e in examples] + [text for e in examples for text in e.negatives]
     passage_ids = [e.positive_id for e in examples] + [doc for e in examples for doc in e.negative_ids]
+    owners = list(range(len(examples))) + [i for i, e in enumerate(examples) for _ in e.negatives]
     return Batch(
         queries=[e.query for e in examples],
         passages=passages,
         query_keys=torch.tensor([stable_key(e.query_id) for e in examples], dtype=torch.long),
         passage_keys=torch.tensor([stable_key(d) for d in passage_ids], dtype=torch.long),
+        passage_owners=torch.tensor(owners, dtype=torch.long),
     )
+
+
+def training_loader(
+    stream: TripleStream, batch_size: int, num_workers: int, by_cluster: bool, seed: int
+) -> DataLoader:
+    """The rank's DataLoader, plain or one cluster per batch.
+
+    It draws its workers' base seed from its own generator, not the global one: the global RNG
+    (dropout) then does not depend on when an epoch's iterator was created, which keeps a resumed
+    run on the same random numbers as an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if by_cluster:
+        return DataLoader(ClusterBatches(stream, batch_size), batch_size=None, collate_fn=collate,
+                          num_workers=num_workers, generator=generator)
+    return DataLoader(stream, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, generator=generator)

@@ -33,6 +33,11 @@ def _read_jsonl(path: Path) -> Dict[str, dict]:
         return {str(row["_id"]): row for row in map(json.loads, f) if row}
 
 
+def read_corpus(path: Path) -> Dict[str, str]:
+    """A BEIR corpus.jsonl as {doc id: text}, titles joined as the miner and the trainer embed them."""
+    return {doc: passage_text(row) for doc, row in _read_jsonl(path).items()}
+
+
 def load_qrels(path: Path) -> Dict[str, Dict[str, int]]:
     """BEIR qrels TSV (header `query-id corpus-id score`) as {query: {doc: grade}}, positive grades only."""
     qrels: Dict[str, Dict[str, int]] = {}
@@ -56,12 +61,12 @@ class BeirSplit:
             self.qrels = dict(list(self.qrels.items())[:query_limit])
         queries = _read_jsonl(data_dir / "queries.jsonl")
         self.queries = {qid: queries[qid]["text"] for qid in self.qrels}
-        corpus = _read_jsonl(data_dir / "corpus.jsonl")
+        corpus = read_corpus(data_dir / "corpus.jsonl")
         if corpus_limit is not None:
             judged = {doc for docs in self.qrels.values() for doc in docs}
             keep = judged | set([doc for doc in corpus if doc not in judged][:corpus_limit])
-            corpus = {doc: row for doc, row in corpus.items() if doc in keep}
-        self.corpus = {doc: passage_text(row) for doc, row in corpus.items()}
+            corpus = {doc: text for doc, text in corpus.items() if doc in keep}
+        self.corpus = corpus
 
 
 def retrieve(model: SentenceTransformer, queries: Dict[str, str], corpus: Dict[str, str], top_k: int = 100,

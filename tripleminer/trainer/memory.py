@@ -39,6 +39,10 @@ class EmbeddingQueue:
         """(embeddings, keys) to score as negatives, or None while empty."""
         return None if self.keys is None else (self.embeddings, self.keys)
 
+    def restore(self, contents: Tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Put back what `contents()` returned, unchanged (resuming a checkpoint)."""
+        self.embeddings, self.keys = contents if contents is not None else (None, None)
+
 
 class MomentumEncoder:
     """A frozen copy of the dual encoder, moved towards the trained one after each optimiser step."""

@@ -69,7 +69,12 @@ class DualEncoder(nn.Module):
         return self.encoder.device
 
     def embed(self, texts: List[str], task: str) -> torch.Tensor:
-        """Sentence embeddings of `texts` through the `task` tower ("query" or "document"), with gradients."""
+        """Sentence embeddings of `texts` through the `task` tower ("query" or "document"), with gradients.
+
+        No texts give a [0, dim] tensor: a GradCache chunk may hold no query, and LTRe embeds no passages.
+        """
+        if not texts:
+            return torch.zeros((0, self.encoder.get_embedding_dimension()), device=self.device)
         features = self.encoder.preprocess(texts, task=task)
         features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         return self.encoder(features, task=task)["sentence_embedding"]

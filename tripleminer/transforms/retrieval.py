@@ -42,12 +42,12 @@ def _settings_key(*parts: Any) -> str:
 
 
 def publish_shard(kind: str, work_dir: str, settings_key: str, shard: int, content: "hashlib._Hash",
-                  build: Callable[[str], None]) -> str:
-    """Build a shard's index with `build(local_dir)` unless an identical one is already published;
-    returns its folder. Written to a temporary folder first and moved or uploaded when complete,
+                  build: Callable[[str], None], marker: Optional[str] = None) -> str:
+    """Build a shard's index with `build(local_dir)` unless an identical one is already published
+    (its `marker` file, the one a build writes last; default: bm25's or ann's); returns its folder. Written to a temporary folder first and moved or uploaded when complete,
     so a crashed build never looks finished."""
     index_dir = FileSystems.join(work_dir, "indices", f"{kind}-{settings_key}", f"shard-{shard}-{content.hexdigest()}")
-    if FileSystems.exists(FileSystems.join(index_dir, _MARKER[kind])):
+    if FileSystems.exists(FileSystems.join(index_dir, marker or _MARKER[kind])):
         return index_dir
     with timed(f"{kind}_index_build"):
         if is_local(index_dir):  # build beside the final folder, then rename (same filesystem: atomic)
@@ -66,7 +66,7 @@ def publish_shard(kind: str, work_dir: str, settings_key: str, shard: int, conte
     return index_dir
 
 
-class _AssignShards(beam.PTransform):
+class AssignShards(beam.PTransform):
     """(doc_id, payload) -> (shard, [(doc_id, payload), ...]) in doc-id order."""
 
     def __init__(self, num_shards: int) -> None:
@@ -124,7 +124,7 @@ class BuildBM25Shards(beam.PTransform):
         return (
             docs
             | "DocTexts" >> beam.Map(lambda d: (d["doc_id"], passage_text(d)))
-            | "Shards" >> _AssignShards(self.num_shards)
+            | "Shards" >> AssignShards(self.num_shards)
             | "BuildShard" >> beam.Map(build_bm25_shard, self.settings, beam.pvalue.AsSingleton(stats), self.work_dir)
         )
 
@@ -154,7 +154,7 @@ class BuildAnnShards(beam.PTransform):
     def expand(self, doc_vectors: beam.PCollection) -> beam.PCollection:
         return (
             doc_vectors
-            | "Shards" >> _AssignShards(self.num_shards)
+            | "Shards" >> AssignShards(self.num_shards)
             | "BuildShard" >> beam.Map(build_ann_shard, self.settings, self.work_dir, self.model_key)
         )
 

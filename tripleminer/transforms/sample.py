@@ -44,9 +44,8 @@ class MixPolicy:
         """The positives that get a row: all, or a seeded choice of `max_positives` in doc-id order."""
         if self.max_positives is None or len(positives) <= self.max_positives:
             return list(positives)
-        ordered = sorted(positives, key=lambda p: p["doc_id"])
-        picked = stable_rng(seed, query_id, "positives").choice(len(ordered), size=self.max_positives, replace=False)
-        return [ordered[i] for i in sorted(picked.tolist())]
+        by_id = {p["doc_id"]: p for p in positives}
+        return [by_id[d] for d in pick_positives(seed, query_id, list(by_id), self.max_positives)]
 
     def too_close(self, pools: Dict[str, Dict[str, Any]], positive_score: Optional[float]) -> List[str]:
         """Doc ids of dense candidates the positive-aware filter rejects for this positive."""
@@ -63,6 +62,17 @@ class MixPolicy:
             for d, score in zip(pools[source]["doc_ids"], pools[source]["scores"])
             if score > limit
         ]
+
+
+def pick_positives(seed: int, query_id: str, doc_ids: Sequence[str], k: int) -> List[str]:
+    """A query's positives that get a row under `--max_positives_per_query k`: all when it has at most
+    k, else a seeded choice of k, in doc-id order. Pure, so a benchmark can train other miners' rows on
+    the same (query, positive) pairs."""
+    ordered = sorted(doc_ids)
+    if len(ordered) <= k:
+        return ordered
+    picked = stable_rng(seed, query_id, "positives").choice(len(ordered), size=k, replace=False)
+    return [ordered[i] for i in sorted(picked.tolist())]
 
 
 def sample_negatives(
