@@ -83,6 +83,7 @@ from tripleminer.logs import setup_logging
 from tripleminer.schemas.mix import parse_mix
 from tripleminer.schemas.outputs import NESTED_SCHEMA, flatten_row, passage_text
 from tripleminer.seeding import stable_seed
+from tripleminer.transforms.sample import pick_positives
 from tripleminer.trainer.evaluate import BeirSplit, default_data_dir, load_qrels, retrieve, score
 from tripleminer.trainer.model import set_max_seq_length
 
@@ -127,11 +128,13 @@ def eval_max_len(args: argparse.Namespace) -> int:
 
 
 def cap_pairs(qrels: Dict[str, Dict[str, int]], per_query: Optional[int], max_rows: Optional[int], seed: int) -> Set[Pair]:
-    """The judged pairs to train on: per query at most `per_query` (a seeded draw), then at most
-    `max_rows` in all, every query's first pick before any query's second; None is no cap."""
+    """The judged pairs to train on: per query at most `per_query`, the same seeded choice as
+    `tripleminer mine --max_positives_per_query` makes (so the miner mines only those rows), then at
+    most `max_rows` in all, every query's first pick before any query's second; None is no cap."""
     ranked = []
     for query, docs in qrels.items():
-        order = sorted(docs, key=lambda doc: stable_seed(seed, "cap", query, doc))[:per_query]
+        picked = pick_positives(seed, query, list(docs), per_query) if per_query is not None else sorted(docs)
+        order = sorted(picked, key=lambda doc: stable_seed(seed, "cap", query, doc))
         ranked += [(i, stable_seed(seed, "cap-order", query, doc), query, doc) for i, doc in enumerate(order)]
     ranked.sort()
     return {(query, doc) for _, _, query, doc in ranked[:max_rows]}
@@ -296,8 +299,8 @@ def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path
     return f"{PEER_SOURCE}:{PEER_SETTINGS['num_negatives']}", mine_s, {"rows_mined": len(mined), "judged_pairs": len(judged)}
 
 
-def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path,
-                     negatives: Optional[str], mine_args: Sequence[str] = ()) -> Tuple[str, float, Dict[str, Any]]:
+def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path, negatives: Optional[str],
+                     cap_per_query: int, mine_args: Sequence[str] = ()) -> Tuple[str, float, Dict[str, Any]]:
     """`tripleminer mine` on every judged train pair (no query log), then the chosen pairs' rows.
     negatives None: the pipeline's default mix, or that minus impression when the miner refuses it."""
     from tripleminer.pipelines import mine
@@ -305,6 +308,8 @@ def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cach
     argv = ["--corpus", str(data.path / "corpus.jsonl"), "--queries", str(data.path / "queries.jsonl"),
             "--qrels", str(data.path / "qrels" / "train.tsv"), "--output", str(out.parent / "mined"),
             "--work_dir", str(cache), "--seed", str(seed), "--device", "cpu", "--overwrite", *mine_args]
+    if data.capped:  # mine only the per-query picks cap_pairs chose from (every positive still excluded)
+        argv += ["--max_positives_per_query", str(cap_per_query)]
     info: Dict[str, Any] = {}
     try:
         stats = mine.run(argv + (["--negatives", negatives] if negatives else []))
@@ -317,8 +322,12 @@ def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cach
         info["fallback_from"] = mine.SPEC.defaults["negatives"]
         stats = mine.run(argv + ["--negatives", fallback])
     shards = sorted(str(p) for p in (out.parent / "mined").glob("triples-*.parquet"))
-    write_rows(select_rows(shards, pairs), out, seed)
-    info.update(rows_mined=stats["rows"], negatives_per_source=stats["negatives_per_source"])
+    selected = select_rows(shards, pairs)
+    if selected.num_rows < len(pairs):  # a chosen pair the miner wrote no row for: say so, never silently
+        log.warning("%s: %d of the %d chosen pairs have no mined row", data.name, len(pairs) - selected.num_rows, len(pairs))
+    write_rows(selected, out, seed)
+    info.update(rows_mined=stats["rows"], negatives_per_source=stats["negatives_per_source"],
+                chosen_pairs_without_row=len(pairs) - selected.num_rows)
     return stats["config"]["negatives"], stats["wall_time_s"], info
 
 
@@ -355,7 +364,7 @@ def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> 
     elif row == "peer":
         mix, mine_s, info = mine_peer(data, pairs, path, seed, base / "peer_cache")
     else:
-        mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives,
+        mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives, args.cap_per_query,
                                              shlex.split(args.best_mine_args) if best else ())
     info["chosen_pairs"] = len(pairs)
     meta = {"asked": asked, "mix": mix, "rows": pq.ParquetFile(path).metadata.num_rows, "mine_s": round(mine_s, 2), "info": info}
