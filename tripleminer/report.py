@@ -353,6 +353,12 @@ def guard_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
     return rows
 
 
+def failed_search_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """Failed searches found, how each ended, and the candidate pairs each filter kept or rejected
+    (`transforms.failed_search`); nothing when the run mined no failed_search positives."""
+    return [(f"failed_search: {k.replace('_', ' ')}", v) for k, v in stats.get("counters", {}).get("failed_search", {}).items()]
+
+
 def audit_section(run_dir: str) -> Optional[str]:
     """The audit estimate (`tripleminer audit`) as an HTML table, a hint where only the sample exists, else None."""
     from tripleminer.audit import ESTIMATE_FILE, SAMPLE_GLOB
@@ -458,6 +464,7 @@ def write_report(run_dir: str, out: Optional[str] = None) -> str:
         ("negatives in the shards", run.negative_texts.height),
         ("negatives with the same text as their row's positive", same_text_as_positive(run)),
         *guard_summary(stats),
+        *failed_search_summary(stats),
         ("wall time", f"{stats.get('wall_time_s', '-')} s"),
         ("negative mix", stats["config"].get("negatives", "")),
         ("seed", stats["config"].get("seed", "")),

@@ -118,6 +118,24 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return actual == expected
 
 
+def first_record_has(pattern: str, option: str, field: str) -> bool:
+    """Whether the first record of the input's first file has `field` (a Parquet column, a JSON key):
+    a cheap look at plan time, for defaults that depend on what an input carries (a log with user
+    sessions). An input that cannot be read says no here; reading it later reports why."""
+    try:
+        path = matched_files(pattern, option)[0]
+        with FileSystems.open(path) as f:  # decompresses .gz by its name
+            if input_format([path], option) == "parquet":
+                return field in pq.read_schema(f).names
+            line = f.readline()
+            while line and not line.strip():
+                line = f.readline()
+        record = json.loads(line.decode("utf-8").removeprefix("\ufeff")) if line.strip() else None
+    except (OSError, EOFError, zlib.error, ValueError):  # ValueError: InputError, bad JSON, UTF-8 or Parquet
+        return False
+    return isinstance(record, dict) and record.get(field) is not None
+
+
 def validator(kind: str, max_doc_chars: Optional[int] = DEFAULT_MAX_DOC_CHARS):
     """The record validator of `kind`; the corpus one with its document size bound."""
     if kind == "corpus":

@@ -17,10 +17,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from tripleminer.schemas.outputs import (
-    NESTED_SCHEMA,
     OUTPUT_FORMATS,
     TRIPLET_SCHEMA,
     flatten_row,
+    nested_schema,
     ntuple_schema,
     with_run_metadata,
 )
@@ -69,13 +69,14 @@ class WriteTriples(beam.PTransform):
         config: Mapping[str, Any],
         num_shards: int = 0,
         num_negatives: Optional[int] = None,
+        query_clusters: bool = False,  # nested rows carry `query_cluster` (--query_clusters)
     ) -> None:
         super().__init__()
         if output_format not in OUTPUT_FORMATS:
             raise ValueError(f"--output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
         self.output_dir, self.output_format, self.num_shards = output_dir, output_format, num_shards
         self.num_negatives = num_negatives
-        base = {"nested": NESTED_SCHEMA, "triplet": TRIPLET_SCHEMA}.get(output_format)
+        base = {"nested": nested_schema(query_clusters), "triplet": TRIPLET_SCHEMA}.get(output_format)
         self.schema = with_run_metadata(base or ntuple_schema(num_negatives or 0), config)
 
     def expand(self, rows: beam.PCollection):

@@ -1,6 +1,6 @@
 """`tripleminer mine`: query log / qrels + corpus -> Parquet training triples.
 
-    read -> positives (clicks, qrels) -> candidates (impression, bm25, ann, gold, random)
+    read -> positives (qrels, clicks, failed searches) -> candidates (impression, bm25, ann, gold, random)
          -> filter (positive-aware) -> sample (per-source counts, rank windows, caps, seeded per query)
          -> texts -> [denoise] -> write
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tripleminer.io.readers import ReadRecords
+from tripleminer.io.readers import ReadRecords, first_record_has
 from tripleminer.pipelines.driver import PipelineSpec
 from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEncoderOptions, DenseOptions, GuardOptions, LabelOptions,
                                            MixOptions, OutputOptions)
@@ -26,7 +26,8 @@ from tripleminer.pipelines.triples import RecordsToTriples, read_corpus
 from tripleminer.schemas.mix import SOURCES, parse_mix
 from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
-from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords
+from tripleminer.transforms.failed_search import FailedSearchPositives, FailedSearchSettings
+from tripleminer.transforms.positives import SOURCE_PRIORITY, ClickPositives, QrelPositives, QueryRecords
 
 DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
 GROUPS = (CorpusOptions, LabelOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions, GuardOptions)
@@ -40,6 +41,8 @@ class LabelSettings:
     min_clicks: int
     min_ctr: float
     qrels_min_score: float
+    positives: Tuple[str, ...]  # the label sources used (--positives, or every one the inputs allow)
+    failed_search: Optional[FailedSearchSettings]  # set when failed_search is among them
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,38 @@ def default_mix(has_log: bool) -> str:
     return ",".join(str(m) for m in parse_mix(DEFAULT_MIX) if SOURCES[m.source].origin != "log")
 
 
+def positive_sources(spec: Optional[str], qrels: bool, log: bool, log_has_sessions: bool) -> Tuple[str, ...]:
+    """`--positives`, or every label source the inputs allow (qrel with --qrels, click with a log,
+    failed_search with a log that has user sessions), in `SOURCE_PRIORITY` order."""
+    if spec is None:
+        allowed = {"qrel": qrels, "click": log, "failed_search": log_has_sessions}
+        return tuple(s for s in SOURCE_PRIORITY if allowed[s])
+    names = {n.strip() for n in spec.split(",") if n.strip()}
+    for name in sorted(names):
+        if name not in SOURCE_PRIORITY:
+            raise ValueError(f"--positives: unknown source {name!r}; choose from {', '.join(SOURCE_PRIORITY)}")
+        if not (qrels if name == "qrel" else log):
+            raise ValueError(f"--positives {name} needs {'--qrels' if name == 'qrel' else '--query_log'}")
+    if not names:
+        raise ValueError("--positives names no source")
+    return tuple(s for s in SOURCE_PRIORITY if s in names)
+
+
 def plan(options: PipelineOptions) -> MineSettings:
     """Options -> settings; ValueError names the offending option."""
     o = options.view_as(LabelOptions)
-    labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score)
-    if not (labels.qrels or labels.query_log):
+    if not (o.qrels or o.query_log):
         raise ValueError("need labels: pass --qrels, --query_log, or both")
     if o.max_positives_per_query is not None and o.max_positives_per_query < 1:
         raise ValueError("--max_positives_per_query must be >= 1")
-    triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(labels.query_log))})
+    sessions = o.positives is None and bool(o.query_log) and first_record_has(o.query_log, "query_log", "user_session_id")
+    sources = positive_sources(o.positives, bool(o.qrels), bool(o.query_log), sessions)
+    triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(o.query_log)), "positives": ",".join(sources)})
+    failed = None
+    if "failed_search" in sources:  # "content word" as the BM25 analyzer sees it
+        failed = FailedSearchSettings(o.failed_search_window_s, o.failed_search_min_relatedness, o.failed_search_max_click_rank,
+                                      o.failed_search_min_doc_coverage, triples.candidates.bm25.index.stemmer)
+    labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score, sources, failed)
     if "impression" in triples.sources and not labels.query_log:
         raise ValueError("--negatives: impression negatives need --query_log")
     triples = replace(triples, policy=replace(triples.policy, max_positives=o.max_positives_per_query))
@@ -88,13 +114,16 @@ def build(p: beam.Pipeline, s: MineSettings) -> None:
         unique_s = sessions["records"] | DedupeById("sessions", "session_id")  # a replayed session would count its clicks twice
         dead += [sessions["dead"], unique_s["dead"]]
         pair_stats = unique_s["records"] | "AggregateClicks" >> AggregateClicks()
-        positives.append(pair_stats | "ClickPositives" >> ClickPositives(labels.min_clicks, labels.min_ctr))
+        if "click" in labels.positives:
+            positives.append(pair_stats | "ClickPositives" >> ClickPositives(labels.min_clicks, labels.min_ctr))
+        if labels.failed_search is not None:  # failed queries' texts are in the log only: log_texts below carry them
+            positives.append(unique_s["records"] | "FailedSearchPositives" >> FailedSearchPositives(labels.failed_search, corpus.docs))
         log_texts = (
             unique_s["records"]
             | "LogQueryText" >> beam.FlatMap(lambda r: [(r["query_id"], r["query"])] if r["query"] else [])
             | "DistinctLogText" >> beam.Distinct()
         )
-    if labels.qrels:
+    if "qrel" in labels.positives:
         qrels = p | ReadRecords("qrels", labels.qrels, "qrels")
         dead.append(qrels["dead"])
         positives.append(qrels["records"] | "QrelPositives" >> QrelPositives(labels.qrels_min_score))

@@ -27,7 +27,9 @@ from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.schemas.mix import SOURCES
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 from tripleminer.transforms import pretext as pt
+from tripleminer.transforms.failed_search import FailedSearchSettings
 from tripleminer.transforms.leakage import DEFAULT_LEAK_JACCARD, EVAL_DOCS
+from tripleminer.transforms.positives import SOURCE_PRIORITY as POSITIVE_SOURCES
 
 Groups = Sequence[Type[PipelineOptions]]
 DEFAULT_VOCABULARY_SIZE = 10_000
@@ -58,7 +60,11 @@ class LabelOptions(PipelineOptions):
         g.add_argument("--qrels", default=None,
                        help="Judged pairs: BEIR qrels TSV (query-id, corpus-id, score) or JSONL/Parquet (query_id, doc_id, score).")
         g.add_argument("--query_log", default=None,
-                       help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}.")
+                       help="Search sessions, JSONL or Parquet: {session_id, query_id, query, timestamp, impressions[], clicks[]}, and optionally "
+                            "user_session_id (a string; such a search needs an ISO 8601 timestamp), which groups searches into journeys for failed_search positives.")
+        g.add_argument("--positives", default=None,
+                       help=f"Label sources of the positives, comma-separated: {', '.join(POSITIVE_SOURCES)}. Default: every one the inputs allow "
+                            "(qrel with --qrels, click with --query_log, failed_search when the log's first record has a user_session_id).")
         g.add_argument("--min_clicks", type=int, default=1,
                        help="A clicked document is a positive only with at least this many clicks over all sessions of the query.")
         g.add_argument("--min_ctr", type=float, default=0.0,
@@ -68,6 +74,19 @@ class LabelOptions(PipelineOptions):
         g.add_argument("--max_positives_per_query", type=int, default=None,
                        help="At most this many (query, positive) rows per query, a seeded choice among its positives (e.g. 2 for NFCorpus, ~43 judged "
                             "documents a query); every positive still stays out of the query's negatives. Default: a row per positive.")
+        fs = FailedSearchSettings()
+        g.add_argument("--failed_search_window_s", type=float, default=fs.window_s,
+                       help="failed_search: a search without a click, followed in its user session within this many seconds by a search with clicks, "
+                            "gives its query the clicked documents as candidate positives (Facebook search's failed-search positives).")
+        g.add_argument("--failed_search_min_relatedness", type=float, default=fs.min_relatedness,
+                       help="failed_search: keep a pair only when the two queries share at least this share of the shorter one's content words "
+                            "(stemmed, stopwords out; overlap coefficient); rejects topic switches.")
+        g.add_argument("--failed_search_max_click_rank", type=int, default=fs.max_click_rank,
+                       help="failed_search: ... and the click was at most this far down the follow-up's page (0: any). Pairs the failed search "
+                            "itself showed unclicked are always rejected.")
+        g.add_argument("--failed_search_min_doc_coverage", type=float, default=fs.min_doc_coverage,
+                       help="failed_search: ... and the document holds at least this share of the failed query's content words. The defaults: "
+                            "precision 0.948 at recall 0.339 on the SciFact journeys log (naive rule 0.540 / 0.285; benchmarks/failed_search.py).")
 
 
 class GeneratorOptions(PipelineOptions):
@@ -113,6 +132,11 @@ class OutputOptions(PipelineOptions):
         g.add_argument("--ntuple_negatives", type=int, default=None,
                        help="N for --output_format n-tuple (default: the total count of the negative mix).")
         g.add_argument("--num_shards", type=int, default=0, help="Number of output shards; 0 lets the runner decide.")
+        g.add_argument("--query_clusters", type=int, default=0, metavar="K",
+                       help="Topic-aware batches (TAS-Balanced): spherical k-means (FAISS, seeded by --seed) over the bi-encoder's query "
+                            "vectors (--model; ann's when it is in the mix, else the queries alone are embedded through the same cache), "
+                            "written as an int32 query_cluster column in [0, K) of every nested row, for `tripleminer train --batch_by_cluster`. "
+                            "Nested layout only; K >= 2 and at most the number of queries. Cluster sizes go to stats.json. 0: off, no column.")
 
 
 def _sources_help() -> str:

@@ -44,6 +44,7 @@ class OutputSettings:
     format: str  # nested | triplet | n-tuple
     ntuple_negatives: int  # N of the n-tuple layout: --ntuple_negatives, or the mix's total count
     num_shards: int
+    query_clusters: int = 0  # K of --query_clusters (nested rows get a query_cluster column); 0: off
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     ntuple = out.ntuple_negatives or sum(m.count for m in mix)
     if out.output_format == "n-tuple" and ntuple < 1:
         raise ValueError("--output_format n-tuple needs at least one negative per row")
+    validate_query_clusters(out.query_clusters, out.output_format)
     try:
         encoder = EncoderSettings(dense_o.model or default_model(), dense_o.max_seq_length, dense_o.embed_backend, dense_o.device,
                                   dense_o.encode_batch_size, precision=dense_o.precision)
@@ -123,9 +125,20 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
               **recorded_options(options, groups, resolved), **precisions}
     return TriplesSettings(
         corpus=CorpusSettings(corpus.corpus, corpus.max_doc_chars),
-        output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards),
+        output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards, out.query_clusters),
         mix=mix, policy=policy, candidates=candidates, denoise=denoise, config=config, guard=guard,
     )
+
+
+def validate_query_clusters(k: int, output_format: str) -> None:
+    """K is 0 (off) or >= 2 (one cluster is no clustering); that K is at most the number of queries is
+    known only once they are read, and checked where k-means trains. Flat layouts are refused: their
+    every column goes to sentence-transformers as text, so a cluster id there would become a text."""
+    if k < 0 or k == 1:
+        raise ValueError(f"--query_clusters must be 0 (off) or at least 2, got {k}")
+    if k and output_format != "nested":
+        raise ValueError(f"--query_clusters writes a column of the nested layout only; --output_format {output_format} feeds "
+                         "every column to sentence-transformers as text; use --output_format nested or drop --query_clusters")
 
 
 def guard_settings(o: GuardOptions, dense: bool) -> GuardSettings:

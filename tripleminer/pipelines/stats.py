@@ -8,6 +8,7 @@ from typing import Any, Dict
 from apache_beam.runners.runner import PipelineResult
 
 from tripleminer.transforms.crossencoder import false_negative_rates
+from tripleminer.transforms.query_clusters import NAMESPACE as CLUSTERS, cluster_stats
 
 
 def counters(result: PipelineResult) -> Dict[str, Dict[str, int]]:
@@ -35,5 +36,6 @@ def summarize(result: PipelineResult, config: Dict[str, Any], wall_time_s: float
         "dead_letters": c.get("dead_letter", {}),
         "busy_time_ms_per_stage": c.get("time", {}),
         "false_negative_rate_per_source": false_negative_rates(c.get("crossencoder", {})),
+        **cluster_stats(config.get("query_clusters", 0), c.get(CLUSTERS, {})),  # only with --query_clusters
         "counters": c,
     }

@@ -2,10 +2,10 @@
 
     records -> [leakage: eval queries] -> candidates (source table)
             -> filter ([near copies of positives], [eval-judged documents], positive-aware) -> sample
-            -> texts -> denoise -> [leakage: eval-judged positives] -> [audit sample] -> write
+            -> texts -> denoise -> [leakage: eval-judged positives] -> [audit sample] -> [query clusters] -> write
 
-The bracketed steps run only when asked for (`GuardSettings`), so without them the rows are those
-of a run before they existed.
+The bracketed steps run only when asked for (`GuardSettings`, `OutputSettings.query_clusters`), so
+without them the rows are those of a run before they existed.
 
 `mine` (labelled queries) and `pretext` (self-supervised pairs) differ only in how they make query
 records; from the records on they apply `RecordsToTriples`, with the same step labels, so a stage
@@ -29,6 +29,7 @@ from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.leakage import REPORT_PREFIX as LEAKAGE_PREFIX
 from tripleminer.transforms.leakage import LeakageGuard
 from tripleminer.transforms.near_duplicates import DropNearDuplicateCandidates
+from tripleminer.transforms.query_clusters import AttachClusters, ClusterQueries, query_vectors
 from tripleminer.transforms.retrieval import PositiveScores
 from tripleminer.transforms.sample import SampleNegatives
 from tripleminer.transforms.texts import AttachTexts
@@ -104,7 +105,11 @@ class RecordsToTriples(beam.PTransform):
             | "CountDeadLetters" >> beam.Map(_count_dead)
             | "WriteDeadLetters" >> WriteDeadLetters(s.output.path)
         )
-        return rows | "WriteTriples" >> WriteTriples(o.path, o.format, s.config, o.num_shards, o.ntuple_negatives)
+        if o.query_clusters:  # clusters of the records' original queries, those the candidates were retrieved with
+            clusters = query_vectors(inputs) | "ClusterQueries" >> ClusterQueries(o.query_clusters, s.seed)
+            rows = rows | "AttachQueryClusters" >> AttachClusters(clusters)
+        return rows | "WriteTriples" >> WriteTriples(o.path, o.format, s.config, o.num_shards, o.ntuple_negatives,
+                                                     query_clusters=bool(o.query_clusters))
 
 
 def _count_dead(d: Dict[str, str]) -> Dict[str, str]:

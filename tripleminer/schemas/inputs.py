@@ -7,6 +7,7 @@ shape below, or raise `InvalidRecord` with a reason that ends up in the dead-let
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import pyarrow as pa
@@ -42,6 +43,8 @@ SESSIONS_SCHEMA = pa.schema(
         pa.field("timestamp", pa.string()),
         pa.field("impressions", pa.list_(pa.string()), nullable=False),
         pa.field("clicks", pa.list_(pa.string()), nullable=False),
+        # Optional: the user's session, which groups searches into journeys (failed-search positives).
+        pa.field("user_session_id", pa.string()),
     ]
 )
 
@@ -151,12 +154,41 @@ def validate_qrel(record: Mapping[str, Any]) -> Dict[str, Any]:
     return {"query_id": _id(rec["query_id"], "query_id"), "doc_id": _id(rec["doc_id"], "doc_id"), "score": score}
 
 
+def parse_timestamp(value: Any) -> float:
+    """Seconds since the epoch of an ISO 8601 time ("2026-04-10T02:10:37Z"; without a zone, UTC), so the
+    searches of a user session can be put in order and their gaps measured."""
+    if not isinstance(value, str):
+        raise InvalidRecord(f"field 'timestamp' must be an ISO 8601 string, got {type(value).__name__}")
+    try:
+        time = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidRecord(f"field 'timestamp' is not an ISO 8601 time: {value[:100]!r}") from None
+    return (time if time.tzinfo else time.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _user_session(rec: Mapping[str, Any]) -> Optional[str]:
+    # Strictly a string (not an integer like other ids): a number here is a column mix-up, not an id.
+    # A search in a user session is ordered by its time, so the time must be there and readable.
+    user = rec.get("user_session_id")
+    if user is None:
+        return None
+    if not isinstance(user, str):
+        raise InvalidRecord(f"field 'user_session_id' must be a string, got {type(user).__name__}")
+    if not user.strip():
+        raise InvalidRecord("field 'user_session_id' is empty")
+    if rec.get("timestamp") is None:
+        raise InvalidRecord("missing field 'timestamp': a search with a user_session_id needs its time")
+    parse_timestamp(rec["timestamp"])
+    return _valid_unicode(user.strip(), "user_session_id")
+
+
 def validate_session(record: Mapping[str, Any]) -> Dict[str, Any]:
     rec = _renamed(record, "sessions")
     _require(rec, ["session_id", "query_id", "impressions", "clicks"])
     impressions = _id_list(rec["impressions"], "impressions")
     clicks = _id_list(rec["clicks"], "clicks")
     query = rec.get("query")
+    user = _user_session(rec)
     return {
         "session_id": _id(rec["session_id"], "session_id"),
         "query_id": _id(rec["query_id"], "query_id"),
@@ -164,6 +196,7 @@ def validate_session(record: Mapping[str, Any]) -> Dict[str, Any]:
         "timestamp": None if rec.get("timestamp") is None else str(rec["timestamp"]),
         "impressions": impressions,
         "clicks": clicks,
+        "user_session_id": user,
     }
 
 

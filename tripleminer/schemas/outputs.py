@@ -23,7 +23,7 @@ POSITIVE_TYPE = pa.struct(
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("title", pa.string()),
         pa.field("text", pa.string(), nullable=False),
-        # Where the pair came from: qrel, click, or a pretext generator (ict, crop, span, ...).
+        # Where the pair came from: qrel, click, failed_search, or a pretext generator (ict, crop, span, ...).
         pa.field("source", pa.string(), nullable=False),
         pa.field("label", pa.float64()),  # judged relevance (qrels), if any
         pa.field("clicks", pa.int64()),  # aggregated over sessions, if from a log
@@ -31,6 +31,14 @@ POSITIVE_TYPE = pa.struct(
         pa.field("ctr", pa.float64()),
         pa.field("score", pa.float64()),  # dense (bi-encoder) score of (query, positive), if computed
         pa.field("ce_score", pa.float64()),  # cross-encoder probability of relevance, if scored
+        # How sure the source is that this is a positive, in [0, 1] (a ranking score, higher = surer), where it
+        # estimates one (failed_search); for a trainer to filter or weight by. Null elsewhere.
+        pa.field("confidence", pa.float64()),
+        # failed_search provenance: the follow-up search whose click this is, seconds from the failed search to
+        # it, and the content-word overlap of the two queries.
+        pa.field("followup_query_id", pa.string()),
+        pa.field("gap_s", pa.float64()),
+        pa.field("relatedness", pa.float64()),
     ]
 )
 
@@ -54,6 +62,17 @@ NESTED_SCHEMA = pa.schema(
         pa.field("negatives", pa.list_(NEGATIVE_TYPE), nullable=False),
     ]
 )
+
+CLUSTER_COLUMN = "query_cluster"  # the query's topic cluster (--query_clusters), read by `tripleminer train --batch_by_cluster`
+
+
+def nested_schema(query_clusters: bool = False) -> pa.Schema:
+    """The nested layout, with a non-null int32 `query_cluster` column only when the run clustered its
+    queries: without clustering the shards stay exactly those of runs before the option existed, and a
+    trainer asked to batch by cluster refuses them for lacking the column, instead of reading a column
+    of nulls as one big cluster. Old and new shards read alike (readers take columns by name)."""
+    return NESTED_SCHEMA.append(pa.field(CLUSTER_COLUMN, pa.int32(), nullable=False)) if query_clusters else NESTED_SCHEMA
+
 
 TRIPLET_SCHEMA = pa.schema(
     [

@@ -28,10 +28,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tripleminer.schemas.mix import SourceMix, parse_mix
-from tripleminer.schemas.outputs import passage_text
+from tripleminer.schemas.outputs import CLUSTER_COLUMN, passage_text
 from tripleminer.seeding import stable_seed
-
-CLUSTER_COLUMN = "query_cluster"
 
 
 def stable_key(text: str) -> int:

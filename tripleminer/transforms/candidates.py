@@ -70,23 +70,31 @@ class CandidateInputs:
                  records: beam.PCollection, log_pairs: Optional[beam.PCollection] = None) -> None:
         self.settings, self.docs, self.corpus_ids, self.records, self.log_pairs = settings, docs, corpus_ids, records, log_pairs
         self._dense: Optional[Dense] = None
+        self._queries: Optional[beam.PCollection] = None
+
+    def query_vectors(self) -> beam.PCollection:
+        """(query_id, vector) of every record, through the embedding cache; built once, shared by the
+        dense sources and anything else that needs the queries' vectors (e.g. --query_clusters)."""
+        if self._queries is None:
+            d = self.settings.dense
+            self._queries = (
+                self.records
+                | "QueryTexts" >> beam.Map(lambda r: (r["query_id"], r["query"]))
+                | "EmbedQueries" >> EmbedWithCache(d.encoder, "query", self.settings.work_dir, d.min_batch_size,
+                                                   d.max_batch_size)
+            )
+        return self._queries
 
     def dense(self) -> Dense:
         """Embed corpus and queries (through the embedding cache under the work folder)."""
         if self._dense is None:
-            d, work_dir = self.settings.dense, self.settings.work_dir
-            batches = {"min_batch_size": d.min_batch_size, "max_batch_size": d.max_batch_size}
+            d = self.settings.dense
             doc_vectors = (
                 self.docs
                 | "DocTexts" >> beam.Map(lambda doc: (doc["doc_id"], passage_text(doc)))
-                | "EmbedDocs" >> EmbedWithCache(d.encoder, "doc", work_dir, **batches)
+                | "EmbedDocs" >> EmbedWithCache(d.encoder, "doc", self.settings.work_dir, d.min_batch_size, d.max_batch_size)
             )
-            query_vectors = (
-                self.records
-                | "QueryTexts" >> beam.Map(lambda r: (r["query_id"], r["query"]))
-                | "EmbedQueries" >> EmbedWithCache(d.encoder, "query", work_dir, **batches)
-            )
-            self._dense = Dense(d.encoder.key(), doc_vectors, query_vectors)
+            self._dense = Dense(d.encoder.key(), doc_vectors, self.query_vectors())
         return self._dense
 
     @property

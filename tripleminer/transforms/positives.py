@@ -1,6 +1,7 @@
-"""Positive pairs from labels: clicks in a query log, judged-relevant qrels.
+"""Positive pairs from labels: clicks in a query log, judged-relevant qrels (and, in
+`failed_search.py`, the clicks that ended a failed search).
 
-Both produce `(query_id, positive)` where a positive is the `POSITIVE_TYPE` struct of
+Each produces `(query_id, positive)` where a positive is the `POSITIVE_TYPE` struct of
 `schemas.outputs` minus its text (the text is joined in at the end). `QueryRecords` then groups a
 query's positives with its text into the record every candidate source works from:
 `{"query_id", "query", "positives": [...], "candidates": []}`.
@@ -18,12 +19,14 @@ from tripleminer.io.readers import DEAD
 from tripleminer.schemas.outputs import dead_letter
 from tripleminer.transforms.common import CorpusIds
 
-SOURCE_PRIORITY = ("qrel", "click")  # a pair found by both keeps one row, labelled "qrel+click"
+# The label sources `--positives` chooses from; a pair found by several keeps one row, labelled "qrel+click".
+SOURCE_PRIORITY = ("qrel", "click", "failed_search")
 
 
 def positive(doc_id: str, source: str, **fields: Any) -> Dict[str, Any]:
     out = {"doc_id": doc_id, "title": None, "text": None, "source": source,
-           "label": None, "clicks": None, "impressions": None, "ctr": None, "score": None, "ce_score": None}
+           "label": None, "clicks": None, "impressions": None, "ctr": None, "score": None, "ce_score": None,
+           "confidence": None, "followup_query_id": None, "gap_s": None, "relatedness": None}
     out.update(fields)
     return out
 
@@ -78,11 +81,13 @@ class QrelPositives(beam.PTransform):
 def merge_positives(found: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
     """One positive per (query, doc) from every label source that found it.
 
-    A pair listed twice by one source (a qrels file judging it twice) keeps its highest label, so
-    the result does not depend on the order the copies arrive in.
+    A pair listed twice by one source (a qrels file judging it twice, two failed searches ending in
+    the same click) keeps its highest label, then its highest confidence, so the result does not
+    depend on the order the copies arrive in.
     """
     by_source: Dict[str, Dict[str, Any]] = {}
-    for p in sorted(found, key=lambda p: (p["label"] is not None, p["label"] or 0, json.dumps(p, sort_keys=True, default=str))):
+    for p in sorted(found, key=lambda p: (p["label"] is not None, p["label"] or 0, p.get("confidence") or 0,
+                                          json.dumps(p, sort_keys=True, default=str))):
         by_source[p["source"]] = p
     sources = [s for s in SOURCE_PRIORITY if s in by_source] + sorted(set(by_source) - set(SOURCE_PRIORITY))
     merged = dict(by_source[sources[0]])
