@@ -12,7 +12,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--in
 WORKDIR /opt/tripleminer
 COPY requirements.txt requirements-train.txt requirements-dev.txt setup.py README.md ./
 COPY tripleminer ./tripleminer
-RUN pip install --no-cache-dir ".[train]" \
+RUN pip install --no-cache-dir ".[train,aws,gcp]" \
     && python -c "import tripleminer.pipelines.mine, bm25s, faiss, sentence_transformers"
 
 ENV HF_HUB_OFFLINE=1

@@ -12,7 +12,7 @@ MIX ?= impression:2,bm25:3@10-50,ann:3@30-100,gold:1,random:1
 export HF_HUB_OFFLINE := 1
 export TRIPLEMINER_DATA := $(abspath $(DATA))
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench cluster-check clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/mine_speed.py
+
+# The cluster path: EXTERNAL SDK workers of a separate worker pool, every path on a local S3 server (moto),
+# rows vs the in-memory DirectRunner, a killed run resumed; prints wall times and the object store traffic.
+cluster-check: install
+	$(PY) benchmarks/cluster_path.py
 
 clean:
 	rm -rf out work .pytest_cache

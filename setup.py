@@ -1,4 +1,5 @@
-"""Install tripleminer: `pip install .` for the pipelines, `.[train]` for the trainer, `.[dev]` for tests.
+"""Install tripleminer: `pip install .` for the pipelines, `.[train]` for the trainer, `.[dev]` for tests,
+`.[aws]` / `.[gcp]` for inputs, --work_dir and --output on s3:// / gs:// (Beam's filesystems).
 
 Beam workers install the package from this file too (`--setup_file ./setup.py`).
 Install torch first (`pip install torch==2.13.0`) so that pip does not pull a CUDA build.
@@ -16,6 +17,12 @@ def requirements(name: str) -> list:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+def beam_extra(name: str) -> list:
+    """apache-beam[NAME] at the version requirements.txt pins: `aws` for s3:// paths, `gcp` for gs:// (and Dataflow)."""
+    pin = next(r for r in requirements("requirements.txt") if r.startswith("apache-beam=="))
+    return [pin.replace("apache-beam", f"apache-beam[{name}]", 1)]
+
+
 setup(
     name="tripleminer",
     version="0.1.0",
@@ -27,7 +34,9 @@ setup(
     install_requires=requirements("requirements.txt"),
     extras_require={
         "train": requirements("requirements-train.txt"),
-        "dev": requirements("requirements-train.txt") + requirements("requirements-dev.txt"),
+        "aws": beam_extra("aws"),
+        "gcp": beam_extra("gcp"),
+        "dev": requirements("requirements-train.txt") + requirements("requirements-dev.txt") + beam_extra("aws"),
     },
     entry_points={"console_scripts": ["tripleminer=tripleminer.cli:main"]},
 )

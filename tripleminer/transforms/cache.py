@@ -4,9 +4,12 @@ Items are `(item_id, payload)`. Every payload has a content key; values already 
 cache folder (Parquet files of `(key, value)`) are joined back by key, and only the misses are
 computed, in batches, by Beam's `RunInference` with a `ModelHandler` (the bi-encoder's in
 `transforms/embed.py`, the cross-encoder's in `transforms/crossencoder.py`). Identical payloads under
-several ids are computed once. Each bundle of computed values is written as its own cache file by
-the worker that computed it (no shuffle of the values to a single writer), so a rerun after a
-crash, or with a changed downstream option, recomputes only what is not yet stored.
+several ids are computed once. Computed values are written in tables of up to one batch
+(`max_batch_size`), each its own cache file, by the worker that computed it (no shuffle of the values to
+a single writer), so a rerun after a crash, or with a changed downstream option, recomputes only what is
+not yet stored. Each file is committed as soon as its table is full (written under a temporary name,
+then renamed), not at the end of the stage as Beam's file sinks commit theirs, so a run killed halfway
+through embedding a corpus keeps the vectors of every finished table.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
@@ -161,6 +165,23 @@ class _FanOut(beam.DoFn):
             yield beam.pvalue.TaggedOutput(CACHE, GlobalWindows.windowed_value(self._table()))
 
 
+class _CommitCacheFile(beam.DoFn):
+    """Each table of computed values -> its own cache file `<prefix>-<uuid>.parquet`, committed at once:
+    written as `.tmp-<name>` and renamed, so no partial file is ever under a name the cache reads. A
+    retried bundle may store some values twice (same key, same value): harmless, the join takes one."""
+
+    def __init__(self, cache_dir: str, prefix: str, schema: pa.Schema) -> None:
+        self.cache_dir, self.prefix, self.schema = cache_dir, prefix, schema
+
+    def process(self, table: pa.Table) -> Iterator[str]:
+        name = f"{self.prefix}-{uuid.uuid4().hex}.parquet"
+        path, tmp = FileSystems.join(self.cache_dir, name), FileSystems.join(self.cache_dir, f".tmp-{name}")
+        with FileSystems.create(tmp) as f:
+            pq.write_table(table.cast(self.schema), f)
+        FileSystems.rename([tmp], [path])
+        yield path
+
+
 def _cache_files(cache_dir: str, prefix: str) -> List[str]:
     pattern = FileSystems.join(cache_dir, f"{prefix}-*.parquet")
     try:
@@ -208,8 +229,5 @@ class CachedCompute(beam.PTransform):
             | "Compute" >> RunInference(KeyedModelHandler(self.model_handler))
             | "FanOut" >> beam.ParDo(_FanOut(cache_format, rows_per_table)).with_outputs(CACHE, main="values")
         )
-        computed[CACHE] | "WriteCache" >> beam.io.WriteToParquetBatched(
-            FileSystems.join(self.cache_dir, f"{self.prefix}-{uuid.uuid4().hex[:12]}"),
-            schema=cache_format.schema, file_name_suffix=".parquet",
-        )
+        computed[CACHE] | "WriteCache" >> beam.ParDo(_CommitCacheFile(self.cache_dir, self.prefix, cache_format.schema))
         return (split.hits, computed.values) | "AllValues" >> beam.Flatten()
