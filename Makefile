@@ -9,6 +9,8 @@ OUT ?= out/scifact
 WORK ?= work
 # The demo mines every source; ann embeds the corpus once (a few minutes on CPU), later runs reuse the cache.
 MIX ?= impression:2,bm25:3@10-50,ann:3@30-100,gold:1,random:1
+# Compute precision of the models (auto: bf16 on CPUs with native bf16); `make demo PRECISION=fp32` for fp32.
+PRECISION ?= auto
 export HF_HUB_OFFLINE := 1
 export TRIPLEMINER_DATA := $(abspath $(DATA))
 
@@ -30,7 +32,7 @@ demo: install
 	  --queries $(DATA)/scifact/queries.jsonl \
 	  --qrels $(DATA)/scifact/qrels/train.tsv \
 	  --query_log $(DATA)/scifact/query_log.train.jsonl \
-	  --negatives "$(MIX)" \
+	  --negatives "$(MIX)" --precision $(PRECISION) \
 	  --work_dir $(WORK) --output $(OUT) --overwrite
 	$(VENV)/bin/tripleminer report $(OUT)
 	@echo "Triples in $(OUT)/, stats in $(OUT)/stats.json, report in $(OUT)/report/index.html"
