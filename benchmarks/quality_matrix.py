@@ -69,7 +69,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +84,7 @@ from tripleminer.schemas.mix import parse_mix
 from tripleminer.schemas.outputs import NESTED_SCHEMA, flatten_row, passage_text
 from tripleminer.seeding import stable_seed
 from tripleminer.transforms.sample import pick_positives
-from tripleminer.trainer.evaluate import BeirSplit, default_data_dir, load_qrels, retrieve, score
+from tripleminer.trainer.evaluate import Bf16Encoder, BeirSplit, default_data_dir, load_qrels, retrieve, score
 from tripleminer.trainer.model import set_max_seq_length
 
 log = logging.getLogger("quality_matrix")
@@ -148,24 +148,6 @@ def mix_total(spec: str) -> int:
 def without_source(spec: str, source: str) -> str:
     """`spec` minus every entry of `source`, in the mix grammar."""
     return ",".join(str(m) for m in parse_mix(spec) if m.source != source)
-
-
-class Bf16Encoder:
-    """A SentenceTransformer whose encode_query/encode_document run under CPU bf16 autocast and return
-    fp32 tensors, so `evaluate.retrieve` keeps its cosines and top-k in fp32."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def _encode(self, encode: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return encode(*args, **kwargs).float()
-
-    def encode_query(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self._encode(self.model.encode_query, *args, **kwargs)
-
-    def encode_document(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self._encode(self.model.encode_document, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- data

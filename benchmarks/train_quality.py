@@ -6,6 +6,11 @@ embeds the 5,183-abstract corpus once per mix (minutes each on CPU, seconds on a
 
     python benchmarks/train_quality.py --triples 'out/scifact/triples-*.parquet'
     python benchmarks/train_quality.py --mixes none bm25:1@10-50,ann:1@30-100 --epochs 1 --device cuda
+    python benchmarks/train_quality.py --mixes bm25:1@10-50,ann:1@30-100,impression:1 --epochs 1 \
+        --variants baseline= clusters=--batch_by_cluster 'hardest=--loss triplet --triplet_negative hardest_in_batch'
+
+`--variants LABEL=TRAIN_ARGS ...` trains every mix once per variant (extra `tripleminer train` options on
+top of --train_args), so one run prints a table of training strategies under one recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,7 +32,8 @@ from sentence_transformers import SentenceTransformer
 from tripleminer.trainer import train
 from tripleminer.trainer.arguments import parse_train_args
 from tripleminer.trainer.data import list_row_groups
-from tripleminer.trainer.evaluate import BeirSplit, default_data_dir, retrieve, score
+from tripleminer.precision import cpu_native
+from tripleminer.trainer.evaluate import Bf16Encoder, BeirSplit, default_data_dir, retrieve, score
 from tripleminer.trainer.model import resolve_model, set_max_seq_length
 
 COLUMNS = ("nDCG@10", "Recall@100", "MRR@10")
@@ -59,16 +65,30 @@ def default_mixes(sources: List[str]) -> List[str]:
 def evaluate_dir(model_dir: str, split: BeirSplit, args: argparse.Namespace) -> Dict[str, float]:
     model = SentenceTransformer(model_dir, device=args.device)
     set_max_seq_length(model, args.eval_max_seq_length)
-    return score(split.qrels, retrieve(model, split.queries, split.corpus, 100, args.eval_batch_size))
+    encoder = Bf16Encoder(model) if eval_bf16(args) else model
+    return score(split.qrels, retrieve(encoder, split.queries, split.corpus, 100, args.eval_batch_size))
 
 
-def train_mix(mix: str, out_dir: Path, args: argparse.Namespace) -> str:
+def eval_bf16(args: argparse.Namespace) -> bool:
+    """Encode for evaluation under bf16 autocast: --eval_precision auto on a CPU with native bf16."""
+    return args.eval_precision == "auto" and args.device == "cpu" and cpu_native("bf16")
+
+
+def parse_variant(spec: str) -> Tuple[str, str]:
+    """`LABEL=TRAIN_ARGS` -> (label, train args); the label names the variant's rows."""
+    label, sep, train_args = spec.partition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"--variants: expected LABEL=TRAIN_ARGS, got {spec!r}")
+    return label, train_args
+
+
+def train_mix(mix: str, out_dir: Path, args: argparse.Namespace, variant_args: str = "") -> str:
     argv = ["--triples", args.triples, "--negatives", mix, "--num_epochs", str(args.epochs),
             "--batch_size", str(args.batch_size), "--max_seq_length", str(args.max_seq_length),
             "--output_dir", str(out_dir), "--device", args.device, "--seed", str(args.seed), "--disable_tqdm"]
     if args.model:
         argv += ["--model_name_or_path", args.model]
-    return train.run(*parse_train_args(argv + shlex.split(args.train_args)))
+    return train.run(*parse_train_args(argv + shlex.split(args.train_args) + shlex.split(variant_args)))
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -86,6 +106,11 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--corpus_limit", type=int, default=None, help="judged documents + N others (quick check)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train_args", default="", help="extra `tripleminer train` options, e.g. '--temperature 0.1'")
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=[("", "")],
+                        help="LABEL=TRAIN_ARGS: train every mix once per variant with these extra options")
+    parser.add_argument("--no_zero_shot", action="store_true", help="skip the zero-shot row (its model is not trained)")
+    parser.add_argument("--eval_precision", choices=("auto", "fp32"), default="auto",
+                        help="auto: encode the test corpus under bf16 autocast on a CPU with native bf16 (cosines in fp32)")
     parser.add_argument("--work_dir", default=None, help="where models are kept (default: a temporary folder)")
     parser.add_argument("--results", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -95,18 +120,23 @@ def main(argv: List[str] | None = None) -> int:
     mixes = args.mixes or default_mixes(negative_sources(args.triples))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="train_quality-"))
     rows = []
-    rows.append({"run": "zero-shot", **evaluate_dir(resolve_model(args.model), split, args), "seconds": 0.0})
-    for i, mix in enumerate(mixes):
-        start = time.time()
-        model_dir = train_mix(mix, work / f"mix{i}", args)
-        seconds = time.time() - start
-        rows.append({"run": f"negatives {mix}", **evaluate_dir(model_dir, split, args), "seconds": seconds})
-        print(f"{rows[-1]['run']}: nDCG@10 {rows[-1]['nDCG@10']:.4f} ({seconds:.0f} s training)", flush=True)
+    if not args.no_zero_shot:
+        rows.append({"run": "zero-shot", **evaluate_dir(resolve_model(args.model), split, args), "seconds": 0.0})
+    for v, (label, variant_args) in enumerate(args.variants):
+        for i, mix in enumerate(mixes):
+            start = time.time()
+            model_dir = train_mix(mix, work / f"variant{v}-mix{i}", args, variant_args)
+            seconds = time.time() - start
+            name = f"{label}: negatives {mix}" if label else f"negatives {mix}"
+            rows.append({"run": name, "train_args": variant_args, **evaluate_dir(model_dir, split, args), "seconds": seconds})
+            print(f"{rows[-1]['run']}: nDCG@10 {rows[-1]['nDCG@10']:.4f} ({seconds:.0f} s training)", flush=True)
+            if args.results:  # after every run, so a long table survives an interruption
+                Path(args.results).write_text(json.dumps(rows, indent=2) + "\n")
 
-    best = max(rows[1:], key=lambda r: r["nDCG@10"], default=None)
+    best = max((r for r in rows if r["run"] != "zero-shot"), key=lambda r: r["nDCG@10"], default=None)
     print(f"\nSciFact test, {len(split.queries)} queries, {len(split.corpus)} documents; device {args.device}; "
           f"{args.epochs} epoch(s), batch {args.batch_size}, train max length {args.max_seq_length}, "
-          f"eval max length {args.eval_max_seq_length} {args.train_args}\n")
+          f"eval max length {args.eval_max_seq_length}{', bf16 eval encoding' if eval_bf16(args) else ''} {args.train_args}\n")
     print("| run | " + " | ".join(COLUMNS) + " | train s |")
     print("|---|" + "---:|" * (len(COLUMNS) + 1))
     for row in rows:

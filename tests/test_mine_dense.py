@@ -90,3 +90,25 @@ def test_positive_aware_filter(mined, slice_dir):
         assert r["positive"]["score"] == pytest.approx(pos_score, abs=1e-5)  # kept in the row
         assert all(n["score"] <= 0.9 * pos_score + 1e-6 for n in r["negatives"])
 
+
+
+def test_max_positive_rank_drops_rows_whose_positive_ranks_below_unjudged_documents(mined, slice_dir):
+    """Every written positive has fewer than K unjudged documents above it in the model's ranking, and
+    each row left out is counted: written + dropped = the rows of the unfiltered run."""
+    _, all_rows = mined
+    stats = run(slice_dir, slice_dir / "weak", "--negatives", "ann:3@11-40", "--max_positive_rank", "3")
+    rows = read_rows(slice_dir / "weak")
+    dropped = stats["counters"]["filter"]["rows_positive_below_max_positive_rank"]
+    assert rows and dropped > 0 and len(rows) + dropped == len(all_rows)
+    vectors = cache_contents(slice_dir)
+    docs = read_jsonl(slice_dir / "corpus.jsonl")
+    matrix = np.stack([vectors[text_key("doc", passage_text(d))] for d in docs])
+    judged = {}
+    for line in (slice_dir / "qrels.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        judged.setdefault(q, set()).add(d)
+    for r in rows:
+        scores = matrix @ vectors[text_key("query", r["query"])]
+        pos = scores[[d["_id"] for d in docs].index(r["positive"]["doc_id"])]
+        above = [d["_id"] for d, s in zip(docs, scores) if s > pos + 1e-6 and d["_id"] not in judged[r["query_id"]]]
+        assert len(above) < 3

@@ -327,7 +327,11 @@ def test_generator_table_runs_generators_and_derives_their_options(docs):
     assert flags == {"ict": ["--ict_query_in_block_prob"],
                      "crop": ["--crop_ratio_min", "--crop_ratio_max", "--crop_min_words"],
                      "span": ["--span_passage_words", "--span_max_span_words", "--span_query_window_words",
-                              "--span_keep_answer_prob"]}
+                              "--span_keep_answer_prob"],
+                     "title": [],
+                     "salient": ["--salient_spans", "--salient_remove_prob", "--salient_span_kinds", "--salient_min_words",
+                                 "--salient_max_words", "--salient_candidates", "--salient_scorer"],
+                     "neighbors": ["--neighbors_chunk_words"]}
     values = {o.dest: o.default for gen in pt.GENERATORS.values() for o in pt.generator_options(gen)}
     assert pt.make_config(pt.SPAN, 0.5, {**values, "span_passage_words": 50}) == pt.SpanConfig(0.5, passage_words=50)
     assert [o.flag for o in pt.augment_options()] == ["--augment_deletion_prob", "--augment_replacement_prob",

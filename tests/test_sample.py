@@ -144,3 +144,35 @@ def test_max_positives_caps_rows_per_query_but_every_positive_stays_excluded():
         pools = p | "Pools" >> beam.Create([("q", bm25_pool(20))])
         rows = (records, pools) | SampleNegatives(13, [SourceMix("bm25", 10, 1, 20, "top")], policy)
         assert_that(rows | beam.combiners.ToList(), lambda got: check(got[0]))
+
+
+def test_backfill_tops_up_a_short_row_from_the_easy_sources():
+    """A window emptied by the query's positives: the shortfall comes from random (then gold), never a
+    positive or a repeat, and --no_backfill keeps the row short."""
+    from tripleminer.transforms.sample import MixPolicy
+
+    positives = [f"d{i}" for i in range(1, 9)]  # 8 of the 10 bm25 candidates are judged
+    pools = {"bm25": bm25_pool(10), "random": candidates("random", [f"r{i}" for i in range(6)] + ["d1"]),
+             "gold": candidates("gold", ["g1", "g2"])}
+    mix = parse_mix("bm25:4,random:1,gold:1")
+    negs = sample_negatives(7, "q", "d1", positives, pools, mix)
+    ids = [n["doc_id"] for n in negs]
+    assert len(negs) == 6 and len(set(ids)) == 6 and not set(ids) & set(positives)
+    assert [n["source"] for n in negs] == ["bm25", "bm25", "random", "gold", "random", "random"]
+    assert sample_negatives(7, "q", "d1", positives, pools, mix) == negs  # seeded
+    short = sample_negatives(7, "q", "d1", positives, pools, mix, MixPolicy(backfill=False))
+    assert [n["source"] for n in short] == ["bm25", "bm25", "random", "gold"]
+    assert MixPolicy(max_hard=2).wanted(mix) == 4 and MixPolicy(easy_per_hard=3).wanted(mix) is None
+
+
+def test_positive_rank_counts_unjudged_dense_candidates_above_the_positive():
+    """Other positives of the query never count against a positive; without a dense score, no rank."""
+    from tripleminer.transforms.sample import MixPolicy
+
+    pools = {"ann": candidates("ann", ["p2", "a", "b", "c"], ranks=[1, 2, 3, 4], scores=[0.9, 0.8, 0.7, 0.3]),
+             "bm25": candidates("bm25", ["z"], ranks=[1], scores=[50.0])}  # not dense: never counted
+    policy = MixPolicy(max_positive_rank=2)
+    assert policy.positive_rank(pools, ["p1", "p2"], 0.75) == 2  # only "a" is above, p2 is a positive
+    assert policy.positive_rank(pools, ["p1", "p2"], 0.5) == 3
+    assert policy.positive_rank(pools, ["p1"], 0.95) == 1
+    assert policy.positive_rank(pools, ["p1"], None) is None

@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_helpers import run, singleton
-from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords, merge_positives, positive
+from tripleminer.transforms.positives import ClickPositives, QrelPositives, QueryRecords, click_confidence, merge_positives, positive
 
 CORPUS = ["d1", "d2", "d3", "d4", "d5"]
 
@@ -21,7 +21,8 @@ def qrel(doc_id: str, label: float) -> Dict[str, Any]:
 
 
 def click(doc_id: str, clicks: int, impressions: int) -> Dict[str, Any]:
-    return positive(doc_id, "click", clicks=clicks, impressions=impressions, ctr=clicks / impressions)
+    return positive(doc_id, "click", clicks=clicks, impressions=impressions, ctr=clicks / impressions,
+                    confidence=click_confidence(clicks, impressions))
 
 
 def unknown_doc(qid: str, doc_id: str) -> Dict[str, str]:

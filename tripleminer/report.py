@@ -353,10 +353,16 @@ def guard_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
     return rows
 
 
-def failed_search_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
-    """Failed searches found, how each ended, and the candidate pairs each filter kept or rejected
-    (`transforms.failed_search`); nothing when the run mined no failed_search positives."""
-    return [(f"failed_search: {k.replace('_', ' ')}", v) for k, v in stats.get("counters", {}).get("failed_search", {}).items()]
+POSITIVE_SOURCE_COUNTERS = ("failed_search", "bm25_teacher")  # label sources that count their own work
+
+
+def positive_source_summary(stats: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    """The counters of the label sources that keep their own: failed searches found, how each ended and
+    the pairs each filter kept or rejected (`transforms.failed_search`); queries the BM25 teacher searched
+    or left to their labels and the positives it made (`transforms.bm25_teacher`). Nothing for a source
+    the run did not use."""
+    counters = stats.get("counters", {})
+    return [(f"{ns}: {k.replace('_', ' ')}", v) for ns in POSITIVE_SOURCE_COUNTERS for k, v in counters.get(ns, {}).items()]
 
 
 def audit_section(run_dir: str) -> Optional[str]:
@@ -464,7 +470,7 @@ def write_report(run_dir: str, out: Optional[str] = None) -> str:
         ("negatives in the shards", run.negative_texts.height),
         ("negatives with the same text as their row's positive", same_text_as_positive(run)),
         *guard_summary(stats),
-        *failed_search_summary(stats),
+        *positive_source_summary(stats),
         ("wall time", f"{stats.get('wall_time_s', '-')} s"),
         ("negative mix", stats["config"].get("negatives", "")),
         ("seed", stats["config"].get("seed", "")),

@@ -1,6 +1,6 @@
 """`tripleminer mine`: query log / qrels + corpus -> Parquet training triples.
 
-    read -> positives (qrels, clicks, failed searches) -> candidates (impression, bm25, ann, gold, random)
+    read -> positives (qrels, clicks, failed searches, [bm25 teacher]) -> candidates (impression, bm25, ann, gold, random)
          -> filter (positive-aware) -> sample (per-source counts, rank windows, caps, seeded per query)
          -> texts -> [denoise] -> write
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from typing import AbstractSet, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -24,6 +24,7 @@ from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEnco
 from tripleminer.pipelines.settings import TriplesSettings, triples_settings
 from tripleminer.pipelines.triples import RecordsToTriples, read_corpus
 from tripleminer.schemas.mix import SOURCES, parse_mix
+from tripleminer.transforms.bm25_teacher import BM25TeacherPositives, TeacherSettings
 from tripleminer.transforms.click_log import AggregateClicks
 from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.failed_search import FailedSearchPositives, FailedSearchSettings
@@ -43,6 +44,7 @@ class LabelSettings:
     qrels_min_score: float
     positives: Tuple[str, ...]  # the label sources used (--positives, or every one the inputs allow)
     failed_search: Optional[FailedSearchSettings]  # set when failed_search is among them
+    teacher: Optional[TeacherSettings]  # set when bm25_teacher is among them
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,28 @@ def default_mix(has_log: bool) -> str:
     return ",".join(str(m) for m in parse_mix(DEFAULT_MIX) if SOURCES[m.source].origin != "log")
 
 
-def positive_sources(spec: Optional[str], qrels: bool, log: bool, log_has_sessions: bool) -> Tuple[str, ...]:
-    """`--positives`, or every label source the inputs allow (qrel with --qrels, click with a log,
-    failed_search with a log that has user sessions), in `SOURCE_PRIORITY` order."""
+# The inputs each label source reads (any one of them will do).
+SOURCE_INPUTS = {"qrel": ("--qrels",), "click": ("--query_log",), "failed_search": ("--query_log",),
+                 "bm25_teacher": ("--queries", "--query_log")}
+
+
+def positive_sources(spec: Optional[str], inputs: AbstractSet[str], log_has_sessions: bool) -> Tuple[str, ...]:
+    """`--positives`, or every label source the inputs (the input options given: "--qrels", ...) allow:
+    qrel with --qrels, click with a log, failed_search with a log that has user sessions, never
+    bm25_teacher (it needs no labels, so by default it would give every unlabelled query teacher rows
+    unasked). In `SOURCE_PRIORITY` order."""
     if spec is None:
-        allowed = {"qrel": qrels, "click": log, "failed_search": log_has_sessions}
-        return tuple(s for s in SOURCE_PRIORITY if allowed[s])
+        allowed = {"qrel": "--qrels" in inputs, "click": "--query_log" in inputs, "failed_search": log_has_sessions}
+        sources = tuple(s for s in SOURCE_PRIORITY if allowed.get(s, False))
+        if not sources:
+            raise ValueError("need labels: pass --qrels, --query_log, or both (or --queries with --positives bm25_teacher)")
+        return sources
     names = {n.strip() for n in spec.split(",") if n.strip()}
     for name in sorted(names):
         if name not in SOURCE_PRIORITY:
             raise ValueError(f"--positives: unknown source {name!r}; choose from {', '.join(SOURCE_PRIORITY)}")
-        if not (qrels if name == "qrel" else log):
-            raise ValueError(f"--positives {name} needs {'--qrels' if name == 'qrel' else '--query_log'}")
+        if not inputs & set(SOURCE_INPUTS[name]):
+            raise ValueError(f"--positives {name} needs {' or '.join(SOURCE_INPUTS[name])}")
     if not names:
         raise ValueError("--positives names no source")
     return tuple(s for s in SOURCE_PRIORITY if s in names)
@@ -78,18 +90,18 @@ def positive_sources(spec: Optional[str], qrels: bool, log: bool, log_has_sessio
 def plan(options: PipelineOptions) -> MineSettings:
     """Options -> settings; ValueError names the offending option."""
     o = options.view_as(LabelOptions)
-    if not (o.qrels or o.query_log):
-        raise ValueError("need labels: pass --qrels, --query_log, or both")
     if o.max_positives_per_query is not None and o.max_positives_per_query < 1:
         raise ValueError("--max_positives_per_query must be >= 1")
     sessions = o.positives is None and bool(o.query_log) and first_record_has(o.query_log, "query_log", "user_session_id")
-    sources = positive_sources(o.positives, bool(o.qrels), bool(o.query_log), sessions)
+    given = {f"--{name}" for name in ("queries", "qrels", "query_log") if getattr(o, name)}
+    sources = positive_sources(o.positives, given, sessions)
     triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(o.query_log)), "positives": ",".join(sources)})
     failed = None
     if "failed_search" in sources:  # "content word" as the BM25 analyzer sees it
         failed = FailedSearchSettings(o.failed_search_window_s, o.failed_search_min_relatedness, o.failed_search_max_click_rank,
                                       o.failed_search_min_doc_coverage, triples.candidates.bm25.index.stemmer)
-    labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score, sources, failed)
+    teacher = TeacherSettings(o.bm25_teacher_k, o.bm25_teacher_queries) if "bm25_teacher" in sources else None
+    labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score, sources, failed, teacher)
     if "impression" in triples.sources and not labels.query_log:
         raise ValueError("--negatives: impression negatives need --query_log")
     triples = replace(triples, policy=replace(triples.policy, max_positives=o.max_positives_per_query))
@@ -97,7 +109,8 @@ def plan(options: PipelineOptions) -> MineSettings:
 
 
 def build(p: beam.Pipeline, s: MineSettings) -> None:
-    """read -> positives -> query records -> RecordsToTriples."""
+    """read -> label positives -> [teacher positives of the queries they leave without] -> query records
+    -> RecordsToTriples (candidates, filter, sample, write)."""
     labels, corpus = s.labels, read_corpus(p, s.triples.corpus)
     dead: List[beam.PCollection] = []
 
@@ -127,6 +140,14 @@ def build(p: beam.Pipeline, s: MineSettings) -> None:
         qrels = p | ReadRecords("qrels", labels.qrels, "qrels")
         dead.append(qrels["dead"])
         positives.append(qrels["records"] | "QrelPositives" >> QrelPositives(labels.qrels_min_score))
+
+    if labels.teacher is not None:  # before the records: candidates and sampling then treat its positives as any others
+        c = s.triples.candidates
+        positives.append({
+            "labels": positives | "LabelPositives" >> beam.Flatten(pipeline=p),
+            "text": query_texts,
+            "log_text": log_texts,
+        } | "BM25TeacherPositives" >> BM25TeacherPositives(labels.teacher, c.bm25, c.work_dir, c.query_batch_size, corpus.docs, corpus.ids))
 
     joined = {
         "positives": positives | "AllPositives" >> beam.Flatten(),

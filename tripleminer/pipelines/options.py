@@ -27,6 +27,8 @@ from tripleminer.schemas.inputs import DEFAULT_MAX_DOC_CHARS
 from tripleminer.schemas.mix import SOURCES
 from tripleminer.schemas.outputs import OUTPUT_FORMATS
 from tripleminer.transforms import pretext as pt
+from tripleminer.transforms.bm25_teacher import QUERY_SETS as TEACHER_QUERY_SETS
+from tripleminer.transforms.bm25_teacher import TeacherSettings
 from tripleminer.transforms.failed_search import FailedSearchSettings
 from tripleminer.transforms.leakage import DEFAULT_LEAK_JACCARD, EVAL_DOCS
 from tripleminer.transforms.positives import SOURCE_PRIORITY as POSITIVE_SOURCES
@@ -64,7 +66,9 @@ class LabelOptions(PipelineOptions):
                             "user_session_id (a string; such a search needs an ISO 8601 timestamp), which groups searches into journeys for failed_search positives.")
         g.add_argument("--positives", default=None,
                        help=f"Label sources of the positives, comma-separated: {', '.join(POSITIVE_SOURCES)}. Default: every one the inputs allow "
-                            "(qrel with --qrels, click with --query_log, failed_search when the log's first record has a user_session_id).")
+                            "(qrel with --qrels, click with --query_log, failed_search when the log's first record has a user_session_id), "
+                            "never bm25_teacher: it needs no labels, so on by default it would silently turn every unlabelled query into "
+                            "teacher rows; name it to use it (it needs query texts: --queries or --query_log).")
         g.add_argument("--min_clicks", type=int, default=1,
                        help="A clicked document is a positive only with at least this many clicks over all sessions of the query.")
         g.add_argument("--min_ctr", type=float, default=0.0,
@@ -87,6 +91,18 @@ class LabelOptions(PipelineOptions):
         g.add_argument("--failed_search_min_doc_coverage", type=float, default=fs.min_doc_coverage,
                        help="failed_search: ... and the document holds at least this share of the failed query's content words. The defaults: "
                             "precision 0.948 at recall 0.339 on the SciFact journeys log (naive rule 0.540 / 0.285; benchmarks/failed_search.py).")
+        teacher = TeacherSettings()
+        g.add_argument("--bm25_teacher_k", type=int, default=teacher.k,
+                       help="bm25_teacher (SPAR's lexical teacher): BM25's top K passages of a query become its positives (source bm25_teacher, "
+                            "with teacher_rank, teacher_score and confidence = score / the query's top score). SPAR took the top 10 and sampled one "
+                            "per step to imitate BM25's whole ranking; here each is a row of its own beside labelled rows, so the default keeps "
+                            "where BM25 is surest: on SciFact its precision is 0.58 at rank 1, 0.10 at rank 2 and at most 0.07 below. Every teacher "
+                            "positive stays out of its query's negatives (bm25 negatives start after rank K). Uses the --bm25_* index settings.")
+        g.add_argument("--bm25_teacher_queries", default=teacher.queries, choices=TEACHER_QUERY_SETS,
+                       help="bm25_teacher: which queries it labels: unlabelled (those no other chosen label source gave a positive in the corpus; "
+                            "they would get no row otherwise) or all (labelled ones get teacher positives beside their labels; a pair found by both "
+                            "is one row, e.g. qrel+bm25_teacher). Only the queries read are labelled: a BEIR queries.jsonl also holds the test "
+                            "queries, so pass a training split or --exclude_eval.")
 
 
 class GeneratorOptions(PipelineOptions):
@@ -168,6 +184,14 @@ class MixOptions(PipelineOptions):
                             "positive's dense score (their recommended value: 0.95). Needs ann in the mix.")
         g.add_argument("--pos_aware_margin", type=float, default=None,
                        help="Positive-aware filter: never use a candidate whose dense score exceeds the positive's minus this margin. Needs ann in the mix.")
+        g.add_argument("--max_positive_rank", type=int, default=None,
+                       help="Positive denoising: write a row only when fewer than this many unjudged dense candidates of its query score above its "
+                            "positive (a judged document the bi-encoder ranks far below unjudged ones is often an indirect or wrong label). Needs ann in "
+                            "the mix, whose retrieval depth bounds it; counted as rows_positive_below_max_positive_rank.")
+        g.add_argument("--no_backfill", action="store_true", default=False,
+                       help="Keep rows short where the sources fall short of the mix (a rank window emptied by a query's many positives or by a "
+                            "filter). By default the shortfall is topped up from the mix's easy sources (gold, random), in mix order, so the n-tuple "
+                            "layout keeps every row and each row has as many negatives; counted as rows_backfilled_with_easy_negatives.")
 
 
 class BM25Options(PipelineOptions):

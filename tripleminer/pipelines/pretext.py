@@ -1,6 +1,7 @@
 """`tripleminer pretext`: a bare corpus (no queries, no labels) -> Parquet training triples.
 
-    read corpus -> self-supervised pairs (generator table: ict, crop, span; per-document rates)
+    read corpus -> self-supervised pairs (generator table: ict, crop, span, title, salient, neighbors;
+                   per-document rates)
                 -> candidates (same_doc, bm25, ann, gold, random) [-> augment] -> sample -> texts -> write
 
 Each pair's positive carries its source document's id, so the corpus negatives of a pair never
@@ -69,13 +70,15 @@ def plan(options: PipelineOptions) -> PretextSettings:
     """Options -> settings; ValueError names the offending option."""
     o = options.view_as(GeneratorOptions)
     values = options.get_all_options()
+    triples = triples_settings(options, GROUPS, "pair", DEFAULTS)
+    # what generators share with the negatives: salient's bm25 analyzer and bi-encoder are the index's and ann's
+    context = {"bm25": triples.candidates.bm25.index, "encoder": triples.candidates.dense.encoder}
     generators = []
     for name, rate in parse_generators(o.generators or DEFAULT_GENERATORS):
         try:
-            generators.append((name, pt.make_config(name, rate, values)))
+            generators.append((name, pt.make_config(name, rate, values, context)))
         except ValueError as err:
             raise ValueError(f"--generators {name}: {err}") from err
-    triples = triples_settings(options, GROUPS, "pair", DEFAULTS)
     names = {name for name, _ in generators}
     if pt.SAME_DOC in triples.sources and pt.SPAN not in names:
         raise ValueError("--negatives: same_doc negatives come with span pairs only; add span to --generators or drop same_doc")

@@ -86,10 +86,11 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     spec = mix_o.negatives if mix_o.negatives is not None else resolved["negatives"]
     mix = tuple(parse_mix(spec))
     validate_mix(mix, offered_sources(origin))
-    policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard, mix_o.pos_aware_ratio, mix_o.pos_aware_margin)
+    policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard, mix_o.pos_aware_ratio, mix_o.pos_aware_margin,
+                       max_positive_rank=mix_o.max_positive_rank, backfill=not mix_o.no_backfill)
     dense = any(SOURCES[m.source].dense for m in mix)
-    if (policy.max_score_ratio is not None or policy.min_margin is not None) and not dense:
-        raise ValueError("--pos_aware_ratio/--pos_aware_margin filter dense candidates: add ann to --negatives")
+    if (policy.max_score_ratio is not None or policy.min_margin is not None or policy.max_positive_rank is not None) and not dense:
+        raise ValueError("--pos_aware_ratio/--pos_aware_margin/--max_positive_rank read dense scores: add ann to --negatives")
     ntuple = out.ntuple_negatives or sum(m.count for m in mix)
     if out.output_format == "n-tuple" and ntuple < 1:
         raise ValueError("--output_format n-tuple needs at least one negative per row")

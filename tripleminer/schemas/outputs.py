@@ -23,7 +23,7 @@ POSITIVE_TYPE = pa.struct(
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("title", pa.string()),
         pa.field("text", pa.string(), nullable=False),
-        # Where the pair came from: qrel, click, failed_search, or a pretext generator (ict, crop, span, ...).
+        # Where the pair came from: qrel, click, failed_search, bm25_teacher, or a pretext generator (ict, crop, span, ...).
         pa.field("source", pa.string(), nullable=False),
         pa.field("label", pa.float64()),  # judged relevance (qrels), if any
         pa.field("clicks", pa.int64()),  # aggregated over sessions, if from a log
@@ -32,13 +32,18 @@ POSITIVE_TYPE = pa.struct(
         pa.field("score", pa.float64()),  # dense (bi-encoder) score of (query, positive), if computed
         pa.field("ce_score", pa.float64()),  # cross-encoder probability of relevance, if scored
         # How sure the source is that this is a positive, in [0, 1] (a ranking score, higher = surer), where it
-        # estimates one (failed_search); for a trainer to filter or weight by. Null elsewhere.
+        # estimates one (click, failed_search, bm25_teacher); for a trainer to filter or weight by. Null elsewhere,
+        # judged (qrel) pairs included: a trainer reads null as fully trusted.
         pa.field("confidence", pa.float64()),
         # failed_search provenance: the follow-up search whose click this is, seconds from the failed search to
         # it, and the content-word overlap of the two queries.
         pa.field("followup_query_id", pa.string()),
         pa.field("gap_s", pa.float64()),
         pa.field("relatedness", pa.float64()),
+        # bm25_teacher provenance: the positive's 1-based rank and BM25 score in its query's BM25 ranking (`score`
+        # above is the dense score, which the positive-aware filter fills in).
+        pa.field("teacher_rank", pa.int32()),
+        pa.field("teacher_score", pa.float64()),
     ]
 )
 

@@ -41,6 +41,14 @@ class DataArguments:
                "the best ranked; 'none' trains on in-batch negatives only",
                default="bm25:1@10-50,ann:1@30-100,impression:1")
     )
+    min_positive_confidence: Optional[float] = field(
+        **_opt("skip rows whose positive's confidence is below this, in [0, 1] (the miner's estimate: click-through under a "
+               "Beta(1, 2) prior for click positives, the filters' evidence for failed_search, score / the query's top score "
+               "for bm25_teacher). A null confidence counts as 1.0, fully trusted: qrel positives have none (a judgement "
+               "needs no estimate), nor do pretext and cross-encoder-augmented ones. Skipped rows are counted per reason and "
+               "positive source in the log, before the rows are split across ranks, so every rank still takes as many steps "
+               "(unset: no filter)", default=None)
+    )
     shuffle_buffer: int = field(**_opt("examples held in each reader's shuffle buffer", default=1024))
     num_workers: int = field(**_opt("dataloader processes per rank (0: read in the training process)", default=0))
     batch_by_cluster: bool = field(
@@ -129,6 +137,8 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> Tuple[ModelArgumen
         parser.error("--loss ltre retrieves from the whole corpus; it takes no --queue_size")
     if train_args.grad_cache_chunk < 0:
         parser.error("--grad_cache_chunk must be >= 0")
+    if data_args.min_positive_confidence is not None and not 0.0 <= data_args.min_positive_confidence <= 1.0:
+        parser.error(f"--min_positive_confidence must be in [0, 1], got {data_args.min_positive_confidence}")
     return model_args, data_args, train_args
 
 

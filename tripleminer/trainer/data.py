@@ -12,17 +12,22 @@ With `ClusterBatches` every batch holds queries of one cluster (the shards' `que
 TAS-style topic-aware batches): examples stream into one buffer per cluster, a full buffer becomes a
 batch, and the part-filled buffers left at the end of a reader's slice are mixed into its last
 batches. At most clusters x (batch size - 1) examples wait in the buffers, so reading stays streaming.
+
+`confident_rows` narrows the row groups to the rows a filter keeps (`--min_positive_confidence`)
+before any of this, so the split into ranks and workers, and every rank's step count, count only them.
 """
 
 from __future__ import annotations
 
 import glob
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -94,11 +99,15 @@ class Example:
     cluster: Optional[int] = None  # the row's query_cluster, where the shards have one
 
 
+LOW_CONFIDENCE = "low_confidence"  # skip reason: the positive's confidence is below --min_positive_confidence
+
+
 @dataclass(frozen=True)
 class RowGroup:
     path: str
     index: int
-    num_rows: int
+    num_rows: int  # the rows the stream reads: the whole group, or those a filter kept
+    rows: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # their positions in the group, ascending; None: all
 
 
 def list_row_groups(patterns: Sequence[str]) -> List[RowGroup]:
@@ -123,6 +132,35 @@ def require_cluster_column(row_groups: Sequence[RowGroup]) -> None:
                 f"--batch_by_cluster needs an integer {CLUSTER_COLUMN!r} column, which {path} lacks; "
                 "write it with `tripleminer mine --query_clusters K`"
             )
+
+
+def confident_rows(row_groups: Sequence[RowGroup], min_confidence: Optional[float]) -> Tuple[List[RowGroup], Dict[str, int]]:
+    """The row groups narrowed to rows whose positive's confidence is at least `min_confidence`, and the
+    rows skipped per reason and positive source (`"low_confidence/click": 12`); None: no filter.
+
+    A null confidence counts as 1.0, fully trusted: judged (qrel) positives have none, a judgement needing
+    no estimate, and neither have sources that make no estimate (pretext pairs, cross-encoder-augmented
+    positives) nor shards written before positives carried one. Only the positives' confidence and source
+    columns are read, once, before the rows are split into ranks and workers, so every rank still gets as
+    many rows (and steps) as the others.
+    """
+    if min_confidence is None:
+        return list(row_groups), {}
+    kept: List[RowGroup] = []
+    skipped: Counter = Counter()
+    for group in row_groups:
+        shard = pq.ParquetFile(group.path)
+        has_confidence = shard.schema_arrow.field("positive").type.get_field_index("confidence") >= 0
+        columns = ["positive.source"] + (["positive.confidence"] if has_confidence else [])
+        positive = shard.read_row_group(group.index, columns=columns).column("positive").combine_chunks()
+        confidence = positive.field("confidence") if has_confidence else pa.nulls(len(positive), pa.float64())
+        low = pc.less(pc.fill_null(confidence, 1.0), min_confidence).to_numpy(zero_copy_only=False)
+        skipped.update(f"{LOW_CONFIDENCE}/{source}" for source, out in zip(positive.field("source").to_pylist(), low) if out)
+        if low.all():
+            continue
+        rows = None if not low.any() else np.flatnonzero(~low).astype(np.int32)
+        kept.append(RowGroup(group.path, group.index, int((~low).sum()), rows))
+    return kept, dict(sorted(skipped.items()))
 
 
 def positive_pairs(row_groups: Sequence[RowGroup]) -> Iterator[Tuple[str, str]]:
@@ -201,14 +239,16 @@ class TripleStream(IterableDataset):
                 return
 
     def _read_group(self, group: RowGroup, lo: int, hi: int) -> Iterator[Dict[str, Any]]:
+        """Rows [lo, hi) of those the stream reads from the group, record batch by record batch."""
+        wanted = np.arange(lo, hi) if group.rows is None else group.rows[lo:hi]  # positions in the group, ascending
         position = 0
         batches = pq.ParquetFile(group.path).iter_batches(batch_size=self.read_batch_size, row_groups=[group.index])
         for batch in batches:
-            a, b = max(lo, position), min(hi, position + batch.num_rows)
+            a, b = np.searchsorted(wanted, [position, position + batch.num_rows])
             if a < b:
-                yield from batch.slice(a - position, b - a).to_pylist()
+                yield from batch.take(pa.array(wanted[a:b] - position)).to_pylist()
             position += batch.num_rows
-            if position >= hi:
+            if b == len(wanted):
                 return
 
     def _example(self, row: Mapping[str, Any]) -> Example:

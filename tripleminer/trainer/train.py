@@ -26,6 +26,7 @@ from tripleminer.trainer.data import (
     Batch,
     NegativeMix,
     TripleStream,
+    confident_rows,
     list_row_groups,
     require_cluster_column,
     training_loader,
@@ -77,7 +78,12 @@ class Trainer:
 
     def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, ctx: DistContext):
         self.args, self.ctx = args, ctx
-        row_groups = list_row_groups(data_args.triples)
+        listed = list_row_groups(data_args.triples)
+        row_groups, skipped = confident_rows(listed, data_args.min_positive_confidence)
+        if data_args.min_positive_confidence is not None:
+            logger.info("--min_positive_confidence %g (null counts as 1.0): skipped %d of %d rows (%s)",
+                        data_args.min_positive_confidence, sum(skipped.values()), sum(g.num_rows for g in listed),
+                        ", ".join(f"{reason} {n}" for reason, n in skipped.items()) or "none")
         if data_args.batch_by_cluster:
             require_cluster_column(row_groups)
         self.dataset = TripleStream(

@@ -32,6 +32,13 @@ class MixPolicy:
     min_margin: likewise for a dense score above the positive's minus this margin.
     max_positives: at most this many rows per query (a seeded choice of its positives); the others
         stay positives for exclusion, so a capped-away judged document never becomes a negative.
+    max_positive_rank: a row is written only when fewer than this many of the query's dense
+        candidates that are not its positives score above its positive: a judged document the
+        bi-encoder ranks far below unjudged ones is often an indirect or wrong label (NFCorpus links
+        documents to questions through citations), and a row trains on its positive first.
+    backfill: where the sources fall short of the mix's total (a rank window emptied by a query's
+        many positives or by the filters), top the row up from its easy sources, in mix order, so a
+        fixed-width layout (n-tuple) keeps the row and every row trains on as many negatives.
     """
 
     max_hard: Optional[int] = None
@@ -39,6 +46,18 @@ class MixPolicy:
     max_score_ratio: Optional[float] = None
     min_margin: Optional[float] = None
     max_positives: Optional[int] = None
+    max_positive_rank: Optional[int] = None
+    backfill: bool = True
+
+    def wanted(self, mix: Sequence[SourceMix]) -> Optional[int]:
+        """Negatives a row should get: the mix's counts, hard ones capped at `max_hard`; None where
+        `easy_per_hard` makes it depend on the hard ones found."""
+        if self.easy_per_hard is not None:
+            return None
+        hard = sum(m.count for m in mix if m.source in HARD_SOURCES)
+        if self.max_hard is not None:
+            hard = min(hard, self.max_hard)
+        return hard + sum(m.count for m in mix if m.source not in HARD_SOURCES)
 
     def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """The positives that get a row: all, or a seeded choice of `max_positives` in doc-id order."""
@@ -46,6 +65,16 @@ class MixPolicy:
             return list(positives)
         by_id = {p["doc_id"]: p for p in positives}
         return [by_id[d] for d in pick_positives(seed, query_id, list(by_id), self.max_positives)]
+
+    def positive_rank(self, pools: Dict[str, Dict[str, Any]], positives: Sequence[str], positive_score: Optional[float]) -> Optional[int]:
+        """1 + the dense candidates, other than the query's positives, scoring above this positive
+        (None without a dense score); counts up to the retrieval depth, so the depth bounds it."""
+        if positive_score is None:
+            return None
+        skip = set(positives)
+        above = {d for source in DENSE_SOURCES if source in pools and pools[source]["scores"]
+                 for d, score in zip(pools[source]["doc_ids"], pools[source]["scores"]) if score > positive_score and d not in skip}
+        return 1 + len(above)
 
     def too_close(self, pools: Dict[str, Dict[str, Any]], positive_score: Optional[float]) -> List[str]:
         """Doc ids of dense candidates the positive-aware filter rejects for this positive."""
@@ -101,11 +130,15 @@ def sample_negatives(
         chosen += got
         if easy_budget is not None:
             easy_budget -= len(got)
+    wanted = policy.wanted(mix)
+    if policy.backfill and wanted is not None:
+        for m in easy:
+            chosen += _take(seed, query_id, positive_id, pools.get(m.source), m, wanted - len(chosen), taken, "backfill")
     return chosen
 
 
 def _take(seed: int, query_id: str, positive_id: str, pool: Optional[Dict[str, Any]], m: SourceMix,
-          count: int, taken: set) -> List[Dict[str, Any]]:
+          count: int, taken: set, draw: str = "") -> List[Dict[str, Any]]:
     """Up to `count` candidates of one source's pool inside its window and not yet taken."""
     if pool is None or count <= 0:
         return []
@@ -114,7 +147,7 @@ def _take(seed: int, query_id: str, positive_id: str, pool: Optional[Dict[str, A
     # Best rank first, then doc id: the draw does not depend on the order candidates arrived in.
     eligible.sort(key=lambda i: (ranks[i] if ranks[i] is not None else 0, pool["doc_ids"][i]))
     if m.strategy == "random" and len(eligible) > count:
-        rng = stable_rng(seed, query_id, positive_id, m.source)
+        rng = stable_rng(seed, query_id, positive_id, m.source, *([draw] if draw else []))
         picked = set(rng.choice(len(eligible), size=count, replace=False).tolist())
         eligible = [i for j, i in enumerate(eligible) if j in picked]
     out = []
@@ -139,11 +172,14 @@ def _negative(pool: Dict[str, Any], i: int, rank: Optional[int]) -> Dict[str, An
 class _Sample(beam.DoFn):
     def __init__(self, seed: int, mix: Sequence[SourceMix], policy: MixPolicy) -> None:
         self.seed, self.mix, self.policy = seed, list(mix), policy
-        self.wanted = sum(m.count for m in mix)
+        self.wanted = policy.wanted(mix) or sum(m.count for m in mix)
         self.rows = Metrics.counter("rows", "rows")
         self.short = Metrics.counter("rows", "rows_with_fewer_negatives_than_asked")
+        self.hard_wanted = self.wanted - sum(m.count for m in mix if m.source not in HARD_SOURCES)
+        self.backfilled = Metrics.counter("rows", "rows_backfilled_with_easy_negatives")
         self.capped = Metrics.counter("rows", "positives_over_max_positives_per_query")
         self.too_close = Metrics.counter("filter", "positive_aware_rejected_candidates")
+        self.weak_positive = Metrics.counter("filter", "rows_positive_below_max_positive_rank")
         self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
         self.progress = Progress("sample", "rows")
 
@@ -164,6 +200,10 @@ class _Sample(beam.DoFn):
                 dense_score = positive_scores[0].get(pos["doc_id"])
                 if dense_score is not None:
                     pos = dict(pos, score=dense_score)
+                rank = self.policy.positive_rank(pools, positives, dense_score)
+                if self.policy.max_positive_rank is not None and rank is not None and rank > self.policy.max_positive_rank:
+                    self.weak_positive.inc()
+                    continue
                 rejected = self.policy.too_close(pools, dense_score)
                 self.too_close.inc(len(rejected))
                 negatives = sample_negatives(
@@ -173,6 +213,8 @@ class _Sample(beam.DoFn):
                 self.progress.add()
                 if len(negatives) < self.wanted:
                     self.short.inc()
+                if self.policy.backfill and sum(n["source"] in HARD_SOURCES for n in negatives) < self.hard_wanted:
+                    self.backfilled.inc()
                 for n in negatives:
                     self.per_source[n["source"]].inc()
                 yield {"query_id": record["query_id"], "query": record["query"], "positive": pos, "negatives": negatives}

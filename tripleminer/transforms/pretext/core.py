@@ -1,4 +1,5 @@
-"""What every pair generator shares: names, RNG derivation, pair counts, record layout, the driver.
+"""What every pair generator shares: names, RNG derivation, pair counts, record layout, the driver,
+and cutting runs of words out of a text.
 
 A generator is a `Recipe`: how to cut a document into units once, and how to draw one pair from
 them. `generate` runs a recipe over a document with one derived RNG per pair, so each pair depends
@@ -14,11 +15,13 @@ from tripleminer.seeding import stable_seed
 from tripleminer.transforms.common import candidates
 from tripleminer.transforms.positives import positive
 
-ICT, CROP, SPAN, SAME_DOC, AUGMENT = "ict", "crop", "span", "same_doc", "augment"
+ICT, CROP, SPAN, TITLE, SALIENT, NEIGHBORS = "ict", "crop", "span", "title", "salient", "neighbors"
+SAME_DOC, AUGMENT = "same_doc", "augment"
 METRICS_NAMESPACE = "pretext"
 
 Doc = Mapping[str, Any]
 Record = Dict[str, Any]
+Span = Tuple[str, ...]  # a run of words, as span keys
 
 
 def derive_rng(seed: int, source: str, doc_id: str, index: Union[int, str]) -> random.Random:
@@ -87,6 +90,28 @@ def generate(recipe: Recipe, doc: Doc, seed: int, config: Any) -> Tuple[List[Rec
         else:
             pairs.append(_record(recipe.source, doc, k, draw))
     return pairs, skipped
+
+
+def word_run(text: str, offsets: Sequence[Tuple[int, int]], start: int, length: int) -> str:
+    """Words `start` to `start + length` of `text` (their `text_units.word_offsets`), cut from the
+    original so the spacing is kept and the run is an exact substring."""
+    return text[offsets[start][0] : offsets[start + length - 1][1]]
+
+
+def find_span(keys: Sequence[str], span: Span) -> List[int]:
+    """Start of every occurrence of `span` in `keys`."""
+    n = len(span)
+    return [i for i in range(len(keys) - n + 1) if tuple(keys[i : i + n]) == span]
+
+
+def without_span(words: List[str], keys: List[str], span: Span) -> List[str]:
+    """`words` with every occurrence of `span` (compared on `keys`) cut out, including any the cutting creates."""
+    while True:
+        found = find_span(keys, span)
+        if not found:
+            return words
+        i = found[0]
+        words, keys = words[:i] + words[i + len(span) :], keys[:i] + keys[i + len(span) :]
 
 
 def check_prob(name: str, value: float) -> None:

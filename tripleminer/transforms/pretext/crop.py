@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Tuple
 
 from tripleminer.transforms import text_units
-from tripleminer.transforms.pretext.core import CROP, Doc, Draw, Recipe, Record, Skip, check_rate, generate
+from tripleminer.transforms.pretext.core import CROP, Doc, Draw, Recipe, Record, Skip, check_rate, generate, word_run
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ def _random_crop(text: str, offsets: List[Tuple[int, int]], rng: random.Random, 
     """A contiguous run of words, cut from the original text so its spacing is kept as is."""
     n = len(offsets)
     length = max(1, int(n * rng.uniform(config.ratio_min, config.ratio_max)))
-    start = rng.randint(0, n - length)
-    return text[offsets[start][0] : offsets[start + length - 1][1]]
+    return word_run(text, offsets, rng.randint(0, n - length), length)
 
 
 def _draw(doc: Doc, offsets: List[Tuple[int, int]], rng: random.Random, config: CropConfig) -> Draw:

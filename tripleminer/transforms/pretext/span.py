@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, NamedTuple, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Set, Tuple
 
 from tripleminer.transforms import text_units
-from tripleminer.transforms.pretext.core import SPAN, Doc, Draw, Recipe, Record, Skip, check_prob, check_rate, generate
+from tripleminer.transforms.pretext.core import (SPAN, Doc, Draw, Recipe, Record, Skip, Span, check_prob, check_rate, find_span,
+                                                 generate, without_span)
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,6 @@ class SpanConfig:
         check_prob("keep_answer_prob", self.keep_answer_prob)
         if min(self.passage_words, self.max_span_words, self.query_window_words) < 1:
             raise ValueError("passage_words, max_span_words and query_window_words must be >= 1")
-
-
-Span = Tuple[str, ...]
 
 
 class _Units(NamedTuple):
@@ -89,22 +87,6 @@ def _prepare(doc: Doc, config: SpanConfig) -> _Units:
     return _Units(passages, keys, spans)
 
 
-def find_span(keys: Sequence[str], span: Span) -> List[int]:
-    """Start of every occurrence of `span` in `keys`."""
-    n = len(span)
-    return [i for i in range(len(keys) - n + 1) if tuple(keys[i : i + n]) == span]
-
-
-def _without_span(words: List[str], keys: List[str], span: Span) -> List[str]:
-    """`words` with every occurrence of `span` cut out, including any the cutting itself creates."""
-    while True:
-        found = find_span(keys, span)
-        if not found:
-            return words
-        i = found[0]
-        words, keys = words[:i] + words[i + len(span) :], keys[:i] + keys[i + len(span) :]
-
-
 def _query_window(words: List[str], keys: List[str], span: Span, rng: random.Random,
                   config: SpanConfig) -> Tuple[List[str], List[str]]:
     """A random window of `query_window_words` words that contains one occurrence of the span."""
@@ -120,7 +102,7 @@ def _draw(doc: Doc, units: _Units, rng: random.Random, config: SpanConfig) -> Dr
     q, p = rng.sample(holders, 2)
     words, keys = _query_window(units.passages[q], units.keys[q], span, rng, config)
     if rng.random() >= config.keep_answer_prob:
-        words = _without_span(words, keys, span)
+        words = without_span(words, keys, span)
     if not words:
         raise Skip("empty_query")
     negatives = [(i, " ".join(units.passages[i])) for i in range(len(units.passages)) if i not in holders]

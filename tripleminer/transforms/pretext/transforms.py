@@ -14,9 +14,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from tripleminer.transforms.pretext import crop, ict, span
+from tripleminer.index.bm25 import CorpusStats
+from tripleminer.transforms.embed import EncoderModelHandler
+from tripleminer.transforms.pretext import crop, ict, neighbors, salient, span, title
 from tripleminer.transforms.pretext.augment import AugmentConfig, augment_pair, keyed_words
-from tripleminer.transforms.pretext.core import AUGMENT, METRICS_NAMESPACE, Doc, Recipe, Record, generate
+from tripleminer.transforms.pretext.core import AUGMENT, METRICS_NAMESPACE, SALIENT, Doc, Recipe, Record, generate
 
 
 def _counter_name(source: str, name: str) -> str:
@@ -42,6 +44,14 @@ class _Counters:
             self._counters[name] = Metrics.counter(METRICS_NAMESPACE, _counter_name(self._source, name))
         self._counters[name].inc(n)
 
+    def generated(self, pairs: List[Record], skipped: List[str]) -> List[Record]:
+        """Count one document's outcome (`generate`'s result): a document seen, its pairs, its skips by reason."""
+        self.inc("docs")
+        self.inc("pairs", len(pairs))
+        for reason in skipped:
+            self.inc(f"skipped_{reason}")
+        return pairs
+
 
 class _GenerateDoFn(beam.DoFn):
     def __init__(self, recipe: Recipe, seed: int, config: Any) -> None:
@@ -51,12 +61,7 @@ class _GenerateDoFn(beam.DoFn):
         self._counters = _Counters(self._recipe.source)
 
     def process(self, doc: Doc) -> Iterator[Record]:
-        pairs, skipped = generate(self._recipe, doc, self._seed, self._config)
-        self._counters.inc("docs")
-        self._counters.inc("pairs", len(pairs))
-        for reason in skipped:
-            self._counters.inc(f"skipped_{reason}")
-        yield from pairs
+        yield from self._counters.generated(*generate(self._recipe, doc, self._seed, self._config))
 
 
 class _PretextPairs(beam.PTransform):
@@ -90,6 +95,59 @@ class SpanPairs(_PretextPairs):
     """Recurring-span pairs of every document (see `span_pairs`)."""
 
     _recipe, _config_type = span.RECIPE, span.SpanConfig
+
+
+class TitlePairs(_PretextPairs):
+    """(title, body) pairs of every document with a title of its own (see `title_pairs`)."""
+
+    _recipe, _config_type = title.RECIPE, title.TitleConfig
+
+
+class NeighborsPairs(_PretextPairs):
+    """Adjacent-chunk pairs of every document (see `neighbors_pairs`)."""
+
+    _recipe, _config_type = neighbors.RECIPE, neighbors.NeighborsConfig
+
+
+class _SalientDoFn(beam.DoFn):
+    """`salient_pairs` with its scorer built once per worker: the bi-encoder loaded in `setup`, or BM25
+    over the corpus statistics (a side input) on the first document."""
+
+    def __init__(self, seed: int, config: salient.SalientConfig) -> None:
+        self._seed, self._config = seed, config
+
+    def setup(self) -> None:
+        self._counters = _Counters(SALIENT)
+        self._recipe: Optional[Recipe] = None
+        if self._config.scorer == salient.DENSE:
+            # the mine pipeline's model loading and precision logging
+            model = EncoderModelHandler(self._config.encoder_settings(), SALIENT).load_model()
+            self._recipe = salient.recipe(self._seed, salient.DenseSalience(model))
+
+    def process(self, doc: Doc, stats: Optional[CorpusStats] = None) -> Iterator[Record]:
+        if self._recipe is None:  # bm25: the side input is one value for the whole (global) window
+            self._recipe = salient.recipe(self._seed, salient.Bm25Salience(stats, self._config.bm25))
+        yield from self._counters.generated(*generate(self._recipe, doc, self._seed, self._config))
+
+
+class SalientPairs(beam.PTransform):
+    """Salient-span pairs of every document (see `salient_pairs`); the bm25 scorer's corpus statistics
+    are combined over the same documents first (one small side input)."""
+
+    def __init__(self, seed: int, config: Optional[salient.SalientConfig] = None) -> None:
+        super().__init__()
+        self._seed = seed
+        self._config = config if config is not None else salient.SalientConfig()
+
+    def expand(self, docs: beam.PCollection) -> beam.PCollection:
+        generate_pairs = _SalientDoFn(self._seed, self._config)
+        if self._config.scorer == salient.DENSE:
+            return docs | "Generate" >> beam.ParDo(generate_pairs)
+        stats = (docs
+                 | "BatchDocs" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
+                 | "BatchStats" >> beam.Map(salient.term_stats, self._config.bm25.stemmer)
+                 | "CorpusStats" >> beam.CombineGlobally(salient.merge_stats))
+        return docs | "Generate" >> beam.ParDo(generate_pairs, stats=beam.pvalue.AsSingleton(stats))
 
 
 class _AugmentDoFn(beam.DoFn):
