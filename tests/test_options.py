@@ -65,7 +65,7 @@ def test_per_pipeline_defaults_are_set_in_code_and_recorded():
     assert m.triples.config["negatives"] == mine.DEFAULT_MIX
     assert p.triples.config["negatives"] == pretext.DEFAULT_MIX
     assert p.triples.config["generators"] == pretext.DEFAULT_GENERATORS
-    assert m.triples.sources == ("impression", "bm25", "gold", "random")
+    assert m.triples.sources == ("impression", "ann", "gold", "random")
     assert pretext_settings("--generators", "span:2").triples.config["generators"] == "span:2"
     assert "overwrite" not in m.triples.config and "generators" not in m.triples.config
     assert "query_log" not in p.triples.config
@@ -120,8 +120,21 @@ def test_help_lists_every_source_and_ranked_window(capsys):
         assert f"{source} (" in text
 
 
+def test_the_default_filters_come_with_the_default_mix_only():
+    """They were measured together; a user's own mix gets no filter it did not ask for; 0 turns one off."""
+    policy = mine_settings().triples.policy
+    assert (policy.max_score_ratio, policy.max_positive_rank) == (0.95, 50)
+    own = mine_settings("--negatives", "ann:2@10-100").triples.policy
+    assert (own.max_score_ratio, own.max_positive_rank) == (None, None)
+    off = mine_settings("--max_positive_rank", "0", "--pos_aware_ratio", "0.9").triples.policy
+    assert (off.max_score_ratio, off.max_positive_rank) == (0.9, None)
+    assert pretext_settings().triples.policy.max_positive_rank is None
+    with pytest.raises(ValueError, match="add ann"):
+        mine_settings("--negatives", "bm25:2", "--max_positive_rank", "10")
+
+
 def test_the_default_mix_drops_log_sources_without_a_query_log():
-    assert mine_settings_without_log().triples.sources == ("bm25", "gold", "random")
+    assert mine_settings_without_log().triples.sources == ("ann", "gold", "random")
     assert mine_settings_without_log("--negatives", "bm25:1").triples.sources == ("bm25",)
     assert mine_settings("--max_positives_per_query", "2").triples.policy.max_positives == 2
     with pytest.raises(ValueError, match="--max_positives_per_query"):

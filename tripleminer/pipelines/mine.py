@@ -30,7 +30,10 @@ from tripleminer.transforms.dedupe import DedupeById
 from tripleminer.transforms.failed_search import FailedSearchPositives, FailedSearchSettings
 from tripleminer.transforms.positives import SOURCE_PRIORITY, ClickPositives, QrelPositives, QueryRecords
 
-DEFAULT_MIX = "impression:2,bm25:4@1-100,gold:1,random:1"
+# The default recipe: the mix and the two filters were measured together (benchmarks/quality_matrix.py:
+# best on SciFact and NFCorpus under the fixed recipe); they apply together, only without --negatives.
+DEFAULT_MIX = "impression:2,ann:3@10-100,gold:1,random:1"
+DEFAULT_FILTERS = {"pos_aware_ratio": 0.95, "max_positive_rank": 50}
 GROUPS = (CorpusOptions, LabelOptions, OutputOptions, MixOptions, BM25Options, DenseOptions, CrossEncoderOptions, GuardOptions)
 
 
@@ -95,7 +98,8 @@ def plan(options: PipelineOptions) -> MineSettings:
     sessions = o.positives is None and bool(o.query_log) and first_record_has(o.query_log, "query_log", "user_session_id")
     given = {f"--{name}" for name in ("queries", "qrels", "query_log") if getattr(o, name)}
     sources = positive_sources(o.positives, given, sessions)
-    triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(o.query_log)), "positives": ",".join(sources)})
+    triples = triples_settings(options, GROUPS, "log", {"negatives": default_mix(bool(o.query_log)), "positives": ",".join(sources),
+                                                       **DEFAULT_FILTERS})
     failed = None
     if "failed_search" in sources:  # "content word" as the BM25 analyzer sees it
         failed = FailedSearchSettings(o.failed_search_window_s, o.failed_search_min_relatedness, o.failed_search_max_click_rank,

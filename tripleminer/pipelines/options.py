@@ -181,13 +181,15 @@ class MixOptions(PipelineOptions):
                             "Facebook found up to 100 kept helping.")
         g.add_argument("--pos_aware_ratio", type=float, default=None,
                        help="Positive-aware filter (NV-Retriever TopK-PercPos): never use a candidate whose dense score exceeds this fraction of the "
-                            "positive's dense score (their recommended value: 0.95). Needs ann in the mix.")
+                            "positive's dense score (their recommended value: 0.95). Needs ann in the mix. Default: 0.95 with the pipeline's default mix "
+                            "(mine), off with your own --negatives; 0 turns it off.")
         g.add_argument("--pos_aware_margin", type=float, default=None,
                        help="Positive-aware filter: never use a candidate whose dense score exceeds the positive's minus this margin. Needs ann in the mix.")
         g.add_argument("--max_positive_rank", type=int, default=None,
                        help="Positive denoising: write a row only when fewer than this many unjudged dense candidates of its query score above its "
                             "positive (a judged document the bi-encoder ranks far below unjudged ones is often an indirect or wrong label). Needs ann in "
-                            "the mix, whose retrieval depth bounds it; counted as rows_positive_below_max_positive_rank.")
+                            "the mix, whose retrieval depth bounds it; counted as rows_positive_below_max_positive_rank. Default: 50 with the pipeline's "
+                            "default mix (mine), off with your own --negatives; 0 turns it off.")
         g.add_argument("--no_backfill", action="store_true", default=False,
                        help="Keep rows short where the sources fall short of the mix (a rank window emptied by a query's many positives or by a "
                             "filter). By default the shortfall is topped up from the mix's easy sources (gold, random), in mix order, so the n-tuple "

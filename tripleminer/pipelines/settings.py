@@ -78,6 +78,15 @@ class TriplesSettings:
         return tuple(m.source for m in self.mix)
 
 
+def filter_value(given: Optional[Any], name: str, negatives: Optional[str], resolved: Mapping[str, Any]) -> Optional[Any]:
+    """A filter option of the mix: as given (0 turns it off), else the pipeline's default for it when the
+    default mix is used too (they were measured together), else off. A user's own --negatives gets no
+    filter it did not ask for."""
+    if given is not None:
+        return given or None
+    return resolved.get(name) if negatives is None else None
+
+
 def triples_settings(options: PipelineOptions, groups: Groups, origin: str, resolved: Mapping[str, Any]) -> TriplesSettings:
     """The shared settings of a pipeline whose own candidates come from `origin` ("log" or "pair");
     `resolved` holds its per-pipeline defaults (e.g. `negatives`). ValueError names the option."""
@@ -86,8 +95,11 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
     spec = mix_o.negatives if mix_o.negatives is not None else resolved["negatives"]
     mix = tuple(parse_mix(spec))
     validate_mix(mix, offered_sources(origin))
-    policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard, mix_o.pos_aware_ratio, mix_o.pos_aware_margin,
-                       max_positive_rank=mix_o.max_positive_rank, backfill=not mix_o.no_backfill)
+    policy = MixPolicy(mix_o.max_hard_negatives, mix_o.easy_per_hard,
+                       filter_value(mix_o.pos_aware_ratio, "pos_aware_ratio", mix_o.negatives, resolved),
+                       mix_o.pos_aware_margin,
+                       max_positive_rank=filter_value(mix_o.max_positive_rank, "max_positive_rank", mix_o.negatives, resolved),
+                       backfill=not mix_o.no_backfill)
     dense = any(SOURCES[m.source].dense for m in mix)
     if (policy.max_score_ratio is not None or policy.min_margin is not None or policy.max_positive_rank is not None) and not dense:
         raise ValueError("--pos_aware_ratio/--pos_aware_margin/--max_positive_rank read dense scores: add ann to --negatives")
