@@ -75,7 +75,7 @@ def eval_bf16(args: argparse.Namespace) -> bool:
 
 
 def parse_variant(spec: str) -> Tuple[str, str]:
-    """`LABEL=TRAIN_ARGS` -> (label, train args); the label names the variant's rows."""
+    """`LABEL=TRAIN_ARGS` -> (label, train args); the label (no `=` in it) names the variant's rows."""
     label, sep, train_args = spec.partition("=")
     if not sep or not label:
         raise argparse.ArgumentTypeError(f"--variants: expected LABEL=TRAIN_ARGS, got {spec!r}")
@@ -107,7 +107,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train_args", default="", help="extra `tripleminer train` options, e.g. '--temperature 0.1'")
     parser.add_argument("--variants", nargs="+", type=parse_variant, default=[("", "")],
-                        help="LABEL=TRAIN_ARGS: train every mix once per variant with these extra options")
+                        help="LABEL=TRAIN_ARGS (the label without '='): train every mix once per variant with these extra options")
     parser.add_argument("--no_zero_shot", action="store_true", help="skip the zero-shot row (its model is not trained)")
     parser.add_argument("--eval_precision", choices=("auto", "fp32"), default="auto",
                         help="auto: encode the test corpus under bf16 autocast on a CPU with native bf16 (cosines in fp32)")
