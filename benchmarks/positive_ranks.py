@@ -25,16 +25,10 @@ from sentence_transformers import SentenceTransformer
 from quality_matrix import cap_pairs
 from tripleminer.encoders import default_model
 from tripleminer.precision import cpu_native
-from tripleminer.trainer.evaluate import Bf16Encoder, default_data_dir, load_qrels, read_corpus
+from tripleminer.trainer.evaluate import Bf16Encoder, default_data_dir, load_qrels, read_corpus, read_queries
 
 Pair = Tuple[str, str]
 CUTS = (10, 50, 100)
-
-
-def read_queries(path: Path) -> Dict[str, str]:
-    import json
-
-    return {q["_id"]: q["text"] for q in map(json.loads, path.read_text().splitlines()) if q}
 
 
 def positive_ranks(data: Path, pairs: Set[Pair], qrels: Dict[str, Dict[str, int]], model: str) -> Dict[Pair, int]:

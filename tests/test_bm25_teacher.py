@@ -16,6 +16,7 @@ from conftest import canonical, read_jsonl, read_rows
 from tripleminer.index import bm25
 from tripleminer.pipelines import mine
 from tripleminer.schemas.outputs import passage_text
+from tripleminer.trainer.evaluate import load_qrels
 from tripleminer.transforms import bm25_teacher as bt
 
 pytestmark = pytest.mark.slow  # the mine pipeline over the SciFact corpus
@@ -26,12 +27,7 @@ LABELLED, UNLABELLED = 8, 8
 
 
 def train_qrels(scifact: Path) -> Dict[str, Set[str]]:
-    judged: Dict[str, Set[str]] = collections.defaultdict(set)
-    for line in (scifact / "qrels" / "train.tsv").read_text().splitlines()[1:]:
-        q, d, score = line.split("\t")
-        if float(score) >= 1:
-            judged[q].add(d)
-    return judged
+    return {q: set(docs) for q, docs in load_qrels(scifact / "qrels" / "train.tsv").items()}
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,11 @@ def read_corpus(path: Path) -> Dict[str, str]:
     return {doc: passage_text(row) for doc, row in _read_jsonl(path).items()}
 
 
+def read_queries(path: Path) -> Dict[str, str]:
+    """A BEIR queries.jsonl as {query id: text}."""
+    return {qid: row["text"] for qid, row in _read_jsonl(path).items()}
+
+
 def load_qrels(path: Path) -> Dict[str, Dict[str, int]]:
     """BEIR qrels TSV (header `query-id corpus-id score`) as {query: {doc: grade}}, positive grades only."""
     qrels: Dict[str, Dict[str, int]] = {}
@@ -59,8 +64,8 @@ class BeirSplit:
         self.qrels = load_qrels(data_dir / "qrels" / f"{split}.tsv")
         if query_limit is not None:
             self.qrels = dict(list(self.qrels.items())[:query_limit])
-        queries = _read_jsonl(data_dir / "queries.jsonl")
-        self.queries = {qid: queries[qid]["text"] for qid in self.qrels}
+        queries = read_queries(data_dir / "queries.jsonl")
+        self.queries = {qid: queries[qid] for qid in self.qrels}
         corpus = read_corpus(data_dir / "corpus.jsonl")
         if corpus_limit is not None:
             judged = {doc for docs in self.qrels.values() for doc in docs}
