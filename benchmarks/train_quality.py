@@ -10,7 +10,8 @@ embeds the 5,183-abstract corpus once per mix (minutes each on CPU, seconds on a
         --variants baseline= clusters=--batch_by_cluster 'hardest=--loss triplet --triplet_negative hardest_in_batch'
 
 `--variants LABEL=TRAIN_ARGS ...` trains every mix once per variant (extra `tripleminer train` options on
-top of --train_args), so one run prints a table of training strategies under one recipe.
+top of --train_args, a later `--triples` included), so one run prints a table of training strategies
+under one recipe. `--also_eval DIR ...` scores every model on more BEIR test splits (e.g. scifact-vague).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--no_zero_shot", action="store_true", help="skip the zero-shot row (its model is not trained)")
     parser.add_argument("--eval_precision", choices=("auto", "fp32"), default="auto",
                         help="auto: encode the test corpus under bf16 autocast on a CPU with native bf16 (cosines in fp32)")
+    parser.add_argument("--also_eval", nargs="+", default=[], metavar="DIR",
+                        help="more BEIR directories whose test split scores every model (measuring only; columns DIRNAME nDCG@10 ...)")
     parser.add_argument("--work_dir", default=None, help="where models are kept (default: a temporary folder)")
     parser.add_argument("--results", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -118,17 +121,26 @@ def main(argv: List[str] | None = None) -> int:
     split = BeirSplit(Path(args.data_dir) if args.data_dir else default_data_dir() / "scifact", "test",
                       corpus_limit=args.corpus_limit)
     mixes = args.mixes or default_mixes(negative_sources(args.triples))
+    extra = {Path(d).name: BeirSplit(Path(d), "test", corpus_limit=args.corpus_limit) for d in args.also_eval}
+    columns = COLUMNS + tuple(f"{name} {c}" for name in extra for c in COLUMNS)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="train_quality-"))
+
+    def evaluate_all(model_dir: str) -> Dict[str, float]:
+        scores = evaluate_dir(model_dir, split, args)
+        for name, other in extra.items():
+            scores.update({f"{name} {c}": v for c, v in evaluate_dir(model_dir, other, args).items()})
+        return scores
+
     rows = []
     if not args.no_zero_shot:
-        rows.append({"run": "zero-shot", **evaluate_dir(resolve_model(args.model), split, args), "seconds": 0.0})
+        rows.append({"run": "zero-shot", **evaluate_all(resolve_model(args.model)), "seconds": 0.0})
     for v, (label, variant_args) in enumerate(args.variants):
         for i, mix in enumerate(mixes):
             start = time.time()
             model_dir = train_mix(mix, work / f"variant{v}-mix{i}", args, variant_args)
             seconds = time.time() - start
             name = f"{label}: negatives {mix}" if label else f"negatives {mix}"
-            rows.append({"run": name, "train_args": variant_args, **evaluate_dir(model_dir, split, args), "seconds": seconds})
+            rows.append({"run": name, "train_args": variant_args, **evaluate_all(model_dir), "seconds": seconds})
             print(f"{rows[-1]['run']}: nDCG@10 {rows[-1]['nDCG@10']:.4f} ({seconds:.0f} s training)", flush=True)
             if args.results:  # after every run, so a long table survives an interruption
                 Path(args.results).write_text(json.dumps(rows, indent=2) + "\n")
@@ -137,11 +149,11 @@ def main(argv: List[str] | None = None) -> int:
     print(f"\nSciFact test, {len(split.queries)} queries, {len(split.corpus)} documents; device {args.device}; "
           f"{args.epochs} epoch(s), batch {args.batch_size}, train max length {args.max_seq_length}, "
           f"eval max length {args.eval_max_seq_length}{', bf16 eval encoding' if eval_bf16(args) else ''} {args.train_args}\n")
-    print("| run | " + " | ".join(COLUMNS) + " | train s |")
-    print("|---|" + "---:|" * (len(COLUMNS) + 1))
+    print("| run | " + " | ".join(columns) + " | train s |")
+    print("|---|" + "---:|" * (len(columns) + 1))
     for row in rows:
         mark = " (best)" if row is best else ""
-        print(f"| {row['run']}{mark} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS) + f" | {row['seconds']:.0f} |")
+        print(f"| {row['run']}{mark} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + f" | {row['seconds']:.0f} |")
     if args.results:
         Path(args.results).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

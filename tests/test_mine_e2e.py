@@ -43,7 +43,12 @@ def expected_positives(scifact):
         if float(s) >= 1:
             pairs.add((q, d))
     sessions = read_jsonl(scifact / "query_log.train.jsonl")
-    pairs |= {(s["query_id"], d) for s in sessions for d in s["clicks"]}
+    clicks, shown = collections.Counter(), collections.Counter()
+    for s in sessions:  # a click on a document not listed counts as shown
+        clicks.update((s["query_id"], d) for d in set(s["clicks"]))
+        shown.update((s["query_id"], d) for d in set(s["impressions"]) | set(s["clicks"]))
+    # the default --min_click_confidence 0.5: (clicks + 1) / (impressions + 3)
+    pairs |= {pair for pair, c in clicks.items() if (c + 1) / (shown[pair] + 3) >= 0.5}
     return {p for p in pairs if p[1] in corpus}, sessions
 
 
@@ -77,6 +82,7 @@ def test_positives_and_negatives_are_right(mined, scifact):
         ids = [n["doc_id"] for n in negs]
         assert len(ids) == len(set(ids))
         assert not set(ids) & positives_of[r["query_id"]], r["query_id"]
+        assert not set(ids) & clicked[r["query_id"]]  # a click too weak for a row is no negative either
         assert r["positive"]["text"] and all(n["text"] for n in negs)
         for n in negs:
             counts[n["source"]] += 1
@@ -88,6 +94,9 @@ def test_positives_and_negatives_are_right(mined, scifact):
         assert per_source["bm25"] <= 3 and per_source["impression"] <= 2 and per_source["gold"] <= 1 and per_source["random"] <= 1
     # counts reconcile with the stats
     assert stats["rows"] == len(rows)
+    weak = {(q, d) for q, docs in clicked.items() for d in docs} - want
+    corpus_ids = {d["_id"] for d in read_jsonl(scifact / "corpus.jsonl")}
+    assert stats["counters"]["rows"]["click_positives_below_min_click_confidence"] == sum(d in corpus_ids for _, d in weak) > 500
     assert stats["negatives_per_source"] == dict(counts)
     assert counts["bm25"] == 3 * len(rows)  # SciFact always has enough BM25 candidates in ranks 5-50
     short = sum(1 for r in rows if len(r["negatives"]) < 7)

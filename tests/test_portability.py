@@ -52,5 +52,5 @@ def test_portable_runner_writes_the_same_rows(scifact, tmp_path, job_endpoint):
     portable = mine.run(base + ["--output", str(tmp_path / "portable"), "--runner", "PortableRunner",
                                 "--job_endpoint", job_endpoint, "--environment_type", "LOOPBACK"])
     assert canonical(read_rows(tmp_path / "portable")) == canonical(read_rows(tmp_path / "local"))
-    assert portable["rows"] == local["rows"] > 1000
+    assert portable["rows"] == local["rows"] > 900
     assert portable["negatives_per_source"] == local["negatives_per_source"]  # metrics come back too

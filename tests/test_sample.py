@@ -176,3 +176,22 @@ def test_positive_rank_counts_unjudged_dense_candidates_above_the_positive():
     assert policy.positive_rank(pools, ["p1", "p2"], 0.5) == 3
     assert policy.positive_rank(pools, ["p1"], 0.95) == 1
     assert policy.positive_rank(pools, ["p1"], None) is None
+
+
+def test_min_click_confidence_drops_rows_of_weak_clicks_only():
+    """A click-only positive below the threshold gets no row; judged, merged and confident click
+    positives keep theirs, and the cap then chooses among the trusted ones."""
+    from tripleminer.transforms.positives import positive
+    from tripleminer.transforms.sample import MixPolicy
+
+    weak = positive("w", "click", confidence=0.25)
+    sure = positive("s", "click", confidence=0.5)
+    judged = positive("j", "qrel")
+    merged = positive("m", "qrel+click", confidence=None)
+    other = positive("f", "failed_search", confidence=0.1)  # not a click: the rule leaves it
+    found = [weak, sure, judged, merged, other]
+    policy = MixPolicy(min_click_confidence=0.5)
+    assert [p["doc_id"] for p in policy.row_positives(1, "q", found)] == ["s", "j", "m", "f"]
+    assert [p["doc_id"] for p in MixPolicy().row_positives(1, "q", found)] == ["w", "s", "j", "m", "f"]
+    capped = MixPolicy(min_click_confidence=0.5, max_positives=2).row_positives(1, "q", found)
+    assert len(capped) == 2 and "w" not in {p["doc_id"] for p in capped}

@@ -128,8 +128,15 @@ def test_mined_click_rows_carry_their_confidence_and_the_trainer_filters_them(tm
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(s) + "\n" for s in LOG))
     (tmp_path / "qrels.tsv").write_text(QRELS)
     out = tmp_path / "out"
-    mine.run(["--corpus", str(tmp_path / "corpus.jsonl"), "--query_log", str(tmp_path / "log.jsonl"), "--qrels", str(tmp_path / "qrels.tsv"),
-              "--output", str(out), "--work_dir", str(tmp_path / "work"), "--negatives", "impression:1,random:1"])
+    inputs = ["--corpus", str(tmp_path / "corpus.jsonl"), "--query_log", str(tmp_path / "log.jsonl"), "--qrels", str(tmp_path / "qrels.tsv"),
+              "--work_dir", str(tmp_path / "work"), "--negatives", "impression:1,random:3"]
+    # the miner's default --min_click_confidence 0.5 gives q1/d2 (1 click in 3 showings) no row, nor a negative slot
+    stats = mine.run(inputs + ["--output", str(tmp_path / "default")])
+    default_rows = read_rows(tmp_path / "default")
+    assert sorted((r["query_id"], r["positive"]["doc_id"]) for r in default_rows) == [("q1", "d1"), ("q2", "d4"), ("q2", "d6")]
+    assert all(n["doc_id"] != "d2" for r in default_rows if r["query_id"] == "q1" for n in r["negatives"])
+    assert stats["counters"]["rows"]["click_positives_below_min_click_confidence"] == 1
+    mine.run(inputs + ["--output", str(out), "--min_click_confidence", "0"])  # every click a row: the trainer filters
     got: Dict[tuple, Optional[float]] = {(r["query_id"], r["positive"]["doc_id"], r["positive"]["source"]): r["positive"]["confidence"]
                                          for r in read_rows(out)}
     assert got == {("q1", "d1", "click"): pytest.approx(4 / 6), ("q1", "d2", "click"): pytest.approx(2 / 6),

@@ -95,6 +95,8 @@ def plan(options: PipelineOptions) -> MineSettings:
     o = options.view_as(LabelOptions)
     if o.max_positives_per_query is not None and o.max_positives_per_query < 1:
         raise ValueError("--max_positives_per_query must be >= 1")
+    if not 0.0 <= o.min_click_confidence <= 1.0:
+        raise ValueError("--min_click_confidence must be in [0, 1]")
     sessions = o.positives is None and bool(o.query_log) and first_record_has(o.query_log, "query_log", "user_session_id")
     given = {f"--{name}" for name in ("queries", "qrels", "query_log") if getattr(o, name)}
     sources = positive_sources(o.positives, given, sessions)
@@ -108,7 +110,8 @@ def plan(options: PipelineOptions) -> MineSettings:
     labels = LabelSettings(o.queries, o.qrels, o.query_log, o.min_clicks, o.min_ctr, o.qrels_min_score, sources, failed, teacher)
     if "impression" in triples.sources and not labels.query_log:
         raise ValueError("--negatives: impression negatives need --query_log")
-    triples = replace(triples, policy=replace(triples.policy, max_positives=o.max_positives_per_query))
+    triples = replace(triples, policy=replace(triples.policy, max_positives=o.max_positives_per_query,
+                                                         min_click_confidence=o.min_click_confidence or None))
     return MineSettings(labels, triples)
 
 

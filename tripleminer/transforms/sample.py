@@ -36,6 +36,9 @@ class MixPolicy:
         candidates that are not its positives score above its positive: a judged document the
         bi-encoder ranks far below unjudged ones is often an indirect or wrong label (NFCorpus links
         documents to questions through citations), and a row trains on its positive first.
+    min_click_confidence: a positive whose only evidence is clicks (source `click`) gets a row only
+        with a `confidence` of at least this; the others stay positives for exclusion (a clicked
+        document is never a negative), so the rule costs rows, never false negatives.
     backfill: where the sources fall short of the mix's total (a rank window emptied by a query's
         many positives or by the filters), top the row up from its easy sources, in mix order, so a
         fixed-width layout (n-tuple) keeps the row and every row trains on as many negatives.
@@ -47,6 +50,7 @@ class MixPolicy:
     min_margin: Optional[float] = None
     max_positives: Optional[int] = None
     max_positive_rank: Optional[int] = None
+    min_click_confidence: Optional[float] = None
     backfill: bool = True
 
     def wanted(self, mix: Sequence[SourceMix]) -> Optional[int]:
@@ -59,8 +63,16 @@ class MixPolicy:
             hard = min(hard, self.max_hard)
         return hard + sum(m.count for m in mix if m.source not in HARD_SOURCES)
 
+    def trusted(self, positive: Dict[str, Any]) -> bool:
+        """False for a click-only positive below `min_click_confidence`: too weak a label for a row."""
+        if self.min_click_confidence is None or positive["source"] != "click":
+            return True
+        return (positive.get("confidence") or 0.0) >= self.min_click_confidence
+
     def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The positives that get a row: all, or a seeded choice of `max_positives` in doc-id order."""
+        """The positives that get a row: the trusted ones, all or a seeded choice of `max_positives`
+        in doc-id order."""
+        positives = [p for p in positives if self.trusted(p)]
         if self.max_positives is None or len(positives) <= self.max_positives:
             return list(positives)
         by_id = {p["doc_id"]: p for p in positives}
@@ -178,6 +190,7 @@ class _Sample(beam.DoFn):
         self.hard_wanted = self.wanted - sum(m.count for m in mix if m.source not in HARD_SOURCES)
         self.backfilled = Metrics.counter("rows", "rows_backfilled_with_easy_negatives")
         self.capped = Metrics.counter("rows", "positives_over_max_positives_per_query")
+        self.weak_click = Metrics.counter("rows", "click_positives_below_min_click_confidence")
         self.too_close = Metrics.counter("filter", "positive_aware_rejected_candidates")
         self.weak_positive = Metrics.counter("filter", "rows_positive_below_max_positive_rank")
         self.per_source = {m.source: Metrics.counter("negatives", m.source) for m in mix}
@@ -194,7 +207,9 @@ class _Sample(beam.DoFn):
         positive_scores = joined.get("positive_scores") or [{}]
         positives = [p["doc_id"] for p in record["positives"]]
         row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"])
-        self.capped.inc(len(record["positives"]) - len(row_positives))
+        untrusted = sum(not self.policy.trusted(p) for p in record["positives"])
+        self.weak_click.inc(untrusted)
+        self.capped.inc(len(record["positives"]) - untrusted - len(row_positives))
         with timed("sample"):
             for pos in row_positives:
                 dense_score = positive_scores[0].get(pos["doc_id"])
