@@ -49,3 +49,16 @@ def test_evaluate_scores_the_bundled_model_on_a_scifact_slice(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == metrics
     assert metrics["Recall@100"] == 1.0  # fewer than 100 documents: every judged one is retrieved
     assert 0.5 < metrics["nDCG@10"] <= 1.0  # MiniLM ranks SciFact's judged abstracts high among ~50
+
+
+def test_a_link_file_corpus_reads_the_file_it_names(tmp_path):
+    """scifact-vague's corpus.jsonl is a one-line link to SciFact's; BeirSplit follows it."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "T", "text": "body"}) + "\n")
+    vague = tmp_path / "vague"
+    (vague / "qrels").mkdir(parents=True)
+    (vague / "corpus.jsonl").write_text("../base/corpus.jsonl\n")
+    (vague / "queries.jsonl").write_text(json.dumps({"_id": "v1", "text": "t b"}) + "\n")
+    (vague / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nv1\td1\t1\n")
+    split = BeirSplit(vague, "test")
+    assert list(split.corpus) == ["d1"] and "body" in split.corpus["d1"] and split.queries == {"v1": "t b"}

@@ -28,8 +28,18 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("TRIPLEMINER_DATA", repo.parent / "shared" / "data"))
 
 
+def followed(path: Path) -> Path:
+    """`path`, or the file it names when it is a link file: one line holding a path relative to its
+    folder (how a symlink is checked out where links are off; `scifact-vague/corpus.jsonl` is one)."""
+    if path.is_file() and path.stat().st_size < 4096:
+        target = path.read_text(encoding="utf8").strip()
+        if target and "\n" not in target and not target.startswith(("{", "[")) and (path.parent / target).is_file():
+            return followed(path.parent / target)
+    return path
+
+
 def _read_jsonl(path: Path) -> Dict[str, dict]:
-    with open(path, encoding="utf8") as f:
+    with open(followed(path), encoding="utf8") as f:
         return {str(row["_id"]): row for row in map(json.loads, f) if row}
 
 
