@@ -127,16 +127,17 @@ class Bm25Salience:
 class DenseSalience:
     """Cosine of each span's vector to the document's (the encoder's vectors are unit length).
 
-    One `encode` call per document: its padding, hence its scores, never depend on which other
-    documents happen to share a batch or a bundle.
+    Calls per document only: its padding, hence its scores, never depend on which other documents
+    happen to share a batch or a bundle. The document is encoded apart from its spans, so the short
+    spans are padded to the longest span, not to the document (3-4x fewer tokens).
     """
 
     def __init__(self, encoder: Encoder) -> None:
         self._encoder = encoder
 
     def __call__(self, text: str, spans: Sequence[str]) -> List[float]:
-        vectors = self._encoder.encode([text, *spans])
-        return (vectors[1:] @ vectors[0]).tolist()
+        document = self._encoder.encode([text])[0]
+        return (self._encoder.encode(list(spans)) @ document).tolist() if spans else []
 
 
 def _sentences(text: str) -> List[Tuple[int, int]]:
