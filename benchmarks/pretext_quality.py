@@ -60,40 +60,45 @@ def row_args(args: argparse.Namespace) -> List[Tuple[str, List[str]]]:
 
 
 def mine_row(label: str, options: List[str], corpus: Path, args: argparse.Namespace) -> Dict[str, object]:
-    """`tripleminer pretext` for one row (skipped when its stats are there from an earlier run)."""
+    """`tripleminer pretext` for one row, skipped when an earlier run mined it with the same argv
+    (recorded beside the row's output, which the pipeline's --overwrite clears)."""
     out = Path(args.work_dir) / "rows" / label
     argv = ["--corpus", str(corpus), "--output", str(out), "--work_dir", str(Path(args.work_dir) / "cache"),
             "--negatives", args.negatives, "--seed", str(args.seed), "--device", "cpu", "--overwrite", *options]
-    stats_path = out / "stats.json"
-    cached = json.loads(stats_path.read_text()) if stats_path.exists() else None
-    if cached is None or cached.get("argv") != argv:
+    mined_path = out.with_name(f"{label}.mined.json")
+    cached = json.loads(mined_path.read_text()) if mined_path.exists() else None
+    if cached is None or cached["argv"] != argv:
         start = time.time()
-        stats = pretext.SPEC.run(argv)
-        cached = {"argv": argv, "rows": stats["rows"], "mine_s": round(time.time() - start, 1),
-                  "negatives_per_source": stats["negatives_per_source"]}
-        stats_path.write_text(json.dumps({**stats, **cached}, indent=2) + "\n")
+        rows = pretext.SPEC.run(argv)["rows"]
+        cached = {"argv": argv, "rows": rows, "mine_s": round(time.time() - start, 1)}
+        mined_path.write_text(json.dumps(cached, indent=2) + "\n")
     return {"label": label, "pretext_args": options, "rows": cached["rows"], "mine_s": cached["mine_s"],
             "triples": str(out / "triples-*.parquet")}
 
 
+# What makes two results the same cell: a rerun replaces a row only when all of these match.
+RESULT_KEY = ("row", "train_args", "negatives", "seed", "epochs")
+
+
 def merge_results(path: Path, table: List[Dict[str, object]]) -> List[Dict[str, object]]:
-    """Rows of earlier runs stay in --results unless this run retrained them (same row and train args)."""
-    fresh = {(r["row"], r["train_args"]) for r in table}
+    """Rows of earlier runs stay in --results unless this run retrained them (same RESULT_KEY)."""
+    fresh = {tuple(r[k] for k in RESULT_KEY) for r in table}
     earlier = json.loads(path.read_text()) if path.exists() else []
-    merged = [r for r in earlier if (r["row"], r["train_args"]) not in fresh] + table
+    merged = [r for r in earlier if tuple(r[k] for k in RESULT_KEY) not in fresh] + table
     path.write_text(json.dumps(merged, indent=2) + "\n")
     return merged
 
 
-def print_table(table: List[Dict[str, object]], args: argparse.Namespace) -> None:
-    print(f"\nLabel-free: pretext rows of the SciFact corpus only, negatives {args.negatives}, seed {args.seed}, "
-          f"{args.epochs} epoch(s); SciFact test\n")
-    print("| row | pretext options | train args | rows | nDCG@10 | Recall@100 | MRR@10 | mine s | train s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+def print_table(table: List[Dict[str, object]]) -> None:
+    print("\nLabel-free: pretext rows of the SciFact corpus only; SciFact test\n")
+    print("| row | pretext options | negatives | seed | epochs | train args | rows | nDCG@10 | Recall@100 | MRR@10 "
+          "| mine s | train s |")
+    print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in table:
         options = " ".join(r.get("pretext_args", [])) or "-"
-        print(f"| {r['row']} | `{options}` | `{r['train_args'] or '-'}` | {r['rows']:,} | {r['nDCG@10']:.4f} | "
-              f"{r['Recall@100']:.4f} | {r['MRR@10']:.4f} | {r['mine_s']:.0f} | {r['train_s']:.0f} |")
+        print(f"| {r['row']} | `{options}` | `{r['negatives']}` | {r['seed']} | {r['epochs']} | `{r['train_args'] or '-'}` "
+              f"| {r['rows']:,} | {r['nDCG@10']:.4f} | {r['Recall@100']:.4f} | {r['MRR@10']:.4f} | {r['mine_s']:.0f} "
+              f"| {r['train_s']:.0f} |")
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -114,7 +119,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--table_only", action="store_true", help="print the table from --results, run nothing")
     args = parser.parse_args(argv)
     if args.table_only:
-        print_table(json.loads(Path(args.results).read_text()), args)
+        print_table(json.loads(Path(args.results).read_text()))
         return 0
     setup_logging()
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir() / "scifact"
@@ -137,9 +142,10 @@ def main(argv: List[str] | None = None) -> int:
         label = row["run"].split(":")[0]
         table.append({"row": label, **by_label.get(label, {"rows": 0, "mine_s": 0.0}),
                       **{c: row[c] for c in train_quality.COLUMNS}, "train_s": round(row["seconds"], 1),
-                      "train_args": args.train_args, "negatives": args.negatives, "seed": args.seed})
+                      "train_args": args.train_args, "negatives": args.negatives, "seed": args.seed,
+                      "epochs": args.epochs})
     table = merge_results(Path(args.results), table)
-    print_table(table, args)
+    print_table(table)
     return 0
 
 

@@ -38,8 +38,8 @@ def test_mined_rows_are_cached_by_their_argv(docs, tmp_path):
     args = _args(tmp_path)
     first = pq.mine_row("title", ["--generators", "title:1"], corpus, args)
     assert first["rows"] == sum(1 for d in docs[:20] if d["title"]) and first["triples"].endswith("title/triples-*.parquet")
-    stats = Path(args.work_dir, "rows", "title", "stats.json")
-    stats.write_text(json.dumps({**json.loads(stats.read_text()), "mine_s": -1.0}))  # marks the cached copy
+    mined = Path(args.work_dir, "rows", "title.mined.json")
+    mined.write_text(json.dumps({**json.loads(mined.read_text()), "mine_s": -1.0}))  # marks the cached copy
     assert pq.mine_row("title", ["--generators", "title:1"], corpus, args)["mine_s"] == -1.0
     half = pq.mine_row("title", ["--generators", "title:0.5"], corpus, args)  # another argv mines again
     assert half["mine_s"] >= 0 and 0 < half["rows"] < first["rows"]
@@ -47,9 +47,12 @@ def test_mined_rows_are_cached_by_their_argv(docs, tmp_path):
 
 def test_results_keep_other_rows_and_replace_retrained_ones(tmp_path):
     path = tmp_path / "results.json"
-    pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.1}, {"row": "b", "train_args": "", "nDCG@10": 0.2}])
-    merged = pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.3},
-                                     {"row": "a", "train_args": "--learning_rate 2e-5", "nDCG@10": 0.4}])
-    assert sorted((r["row"], r["train_args"], r["nDCG@10"]) for r in merged) == [
-        ("a", "", 0.3), ("a", "--learning_rate 2e-5", 0.4), ("b", "", 0.2)]
+    cell = {"negatives": "random:1", "seed": 13, "epochs": 1}
+    pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.1, **cell},
+                            {"row": "b", "train_args": "", "nDCG@10": 0.2, **cell}])
+    merged = pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.3, **cell},
+                                     {"row": "a", "train_args": "--learning_rate 2e-5", "nDCG@10": 0.4, **cell},
+                                     {"row": "b", "train_args": "", "nDCG@10": 0.5, **cell, "seed": 14}])
+    assert sorted((r["row"], r["train_args"], r["seed"], r["nDCG@10"]) for r in merged) == [
+        ("a", "", 13, 0.3), ("a", "--learning_rate 2e-5", 13, 0.4), ("b", "", 13, 0.2), ("b", "", 14, 0.5)]
     assert json.loads(path.read_text()) == merged

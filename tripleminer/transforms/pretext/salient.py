@@ -127,9 +127,9 @@ class Bm25Salience:
 class DenseSalience:
     """Cosine of each span's vector to the document's (the encoder's vectors are unit length).
 
-    Calls per document only: its padding, hence its scores, never depend on which other documents
-    happen to share a batch or a bundle. The document is encoded apart from its spans, so the short
-    spans are padded to the longest span, not to the document (3-4x fewer tokens).
+    Each call holds one document's texts only, so its padding, hence its scores, never depend on
+    which other documents share a batch or a bundle. The document is encoded apart from its spans,
+    so no span is padded to the document's length in a shared forward batch.
     """
 
     def __init__(self, encoder: Encoder) -> None:
