@@ -488,11 +488,26 @@ def data_info(data: DataSet, args: argparse.Namespace) -> Dict[str, Any]:
             "cap_rows": args.cap_rows if data.capped else None}
 
 
+def precision_mismatch(records: List[Record], args: argparse.Namespace) -> List[str]:
+    """Full cells of the results file whose evaluation encoding or st training dtype differs from what
+    this machine would use: bf16 moves nDCG@10 by about 0.002, so such cells must not share a table
+    (or a mean over seeds) with new ones."""
+    here_eval, here_st = eval_bf16(args), "torch.bfloat16" if cpu_bf16() else "torch.float32"
+    return [f"{r['dataset']} {r['row']} {r['recipe']} seed {r['seed']}" for r in records if not r.get("quick")
+            and (r["settings"]["eval_bf16"] != here_eval or (r["recipe"] == "st" and r.get("train_dtype", here_st) != here_st))]
+
+
 def run_matrix(args: argparse.Namespace) -> None:
     results = Path(args.results)
-    done = {cell_key(r) for r in load_results(results)}
+    records = load_results(results)
+    done = {cell_key(r) for r in records}
     cells = planned_cells(args)
     todo = [c for c in cells if (*c, args.quick, best_spec(args) if c[1] == "tripleminer-best" else None) not in done]
+    mismatch = precision_mismatch(records, args) if todo and not args.quick else []
+    if mismatch:
+        raise SystemExit(f"{results} holds {len(mismatch)} cells measured under another precision than this machine's "
+                         f"(bf16 {'on' if cpu_bf16() else 'off'} here; e.g. {mismatch[0]}): new cells would not compare "
+                         "with them. Give another --results (and --work_dir) to start a table of this machine's own.")
     log.info("%d cells asked, %d already in %s, %d to run", len(cells), len(cells) - len(todo), results, len(todo))
     loaded: Dict[str, DataSet] = {}
     for i, (name, row, recipe, seed) in enumerate(todo, start=1):

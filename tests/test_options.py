@@ -133,6 +133,16 @@ def test_the_default_filters_come_with_the_default_mix_only():
         mine_settings("--negatives", "bm25:2", "--max_positive_rank", "10")
 
 
+def test_max_positive_rank_fetches_deep_enough_to_rank_a_positive_past_it():
+    """A window ending at the limit would fetch too few candidates for the filter ever to fire."""
+    depth = lambda *extra: mine_settings(*extra).triples.candidates.dense.depth  # noqa: E731
+    assert depth("--negatives", "ann:5@10-50", "--max_positive_rank", "50") == 100
+    assert depth("--negatives", "ann:2@30-300", "--max_positive_rank", "50") == 300
+    assert depth("--negatives", "ann:5@10-50", "--max_positive_rank", "50", "--ann_depth", "60") == 60
+    assert depth("--negatives", "ann:5@10-50") is None  # no filter: the window's end, as before
+    assert depth() == 100  # the default mix (ann:3@10-100, limit 50) fetches what it did
+
+
 def test_the_default_mix_drops_log_sources_without_a_query_log():
     assert mine_settings_without_log().triples.sources == ("ann", "gold", "random")
     assert mine_settings_without_log("--negatives", "bm25:1").triples.sources == ("bm25",)

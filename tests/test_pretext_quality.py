@@ -47,12 +47,14 @@ def test_mined_rows_are_cached_by_their_argv(docs, tmp_path):
 
 def test_results_keep_other_rows_and_replace_retrained_ones(tmp_path):
     path = tmp_path / "results.json"
-    cell = {"negatives": "random:1", "seed": 13, "epochs": 1}
+    cell = {"negatives": "random:1", "seed": 13, "epochs": 1, "eval_precision": "bf16"}
     pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.1, **cell},
                             {"row": "b", "train_args": "", "nDCG@10": 0.2, **cell}])
     merged = pq.merge_results(path, [{"row": "a", "train_args": "", "nDCG@10": 0.3, **cell},
                                      {"row": "a", "train_args": "--learning_rate 2e-5", "nDCG@10": 0.4, **cell},
-                                     {"row": "b", "train_args": "", "nDCG@10": 0.5, **cell, "seed": 14}])
-    assert sorted((r["row"], r["train_args"], r["seed"], r["nDCG@10"]) for r in merged) == [
-        ("a", "", 13, 0.3), ("a", "--learning_rate 2e-5", 13, 0.4), ("b", "", 13, 0.2), ("b", "", 14, 0.5)]
+                                     {"row": "b", "train_args": "", "nDCG@10": 0.5, **cell, "seed": 14},
+                                     {"row": "b", "train_args": "", "nDCG@10": 0.6, **cell, "eval_precision": "fp32"}])
+    assert sorted((r["row"], r["train_args"], r["seed"], r["eval_precision"], r["nDCG@10"]) for r in merged) == [
+        ("a", "", 13, "bf16", 0.3), ("a", "--learning_rate 2e-5", 13, "bf16", 0.4), ("b", "", 13, "bf16", 0.2),
+        ("b", "", 13, "fp32", 0.6), ("b", "", 14, "bf16", 0.5)]
     assert json.loads(path.read_text()) == merged

@@ -94,3 +94,20 @@ def test_cap_pairs_picks_what_the_miner_mines_under_max_positives_per_query():
     for q, docs in judged.items():
         mined = policy.row_positives(13, q, [{"doc_id": d} for d in docs])
         assert {(q, p["doc_id"]) for p in mined} == {pair for pair in pairs if pair[0] == q}
+
+
+def test_cells_of_another_precision_are_refused(tmp_path, monkeypatch):
+    """A machine without bf16 must not add fp32 cells to a table of bf16 ones (nor the reverse)."""
+    monkeypatch.setattr(qm, "cpu_bf16", lambda: True)
+    args = qm.parse_args(["--results", str(tmp_path / "r.json"), "--datasets", "scifact", "--rows", "zero-shot",
+                          "--recipes", "st"])
+    cell = {"dataset": "nfcorpus", "row": "in-batch", "recipe": "st", "seed": 13, "quick": False,
+            "train_dtype": "torch.bfloat16", "settings": {"eval_bf16": True}}
+    assert qm.precision_mismatch([cell], args) == []
+    assert qm.precision_mismatch([{**cell, "train_dtype": "torch.float32"}], args) == ["nfcorpus in-batch st seed 13"]
+    assert qm.precision_mismatch([{**cell, "quick": True, "train_dtype": "torch.float32"}], args) == []
+    fp32_eval = qm.parse_args(["--results", str(tmp_path / "r.json"), "--eval_precision", "fp32"])
+    assert qm.precision_mismatch([cell], fp32_eval) == ["nfcorpus in-batch st seed 13"]
+    qm.append_result(Path(args.results), {**cell, "settings": {"eval_bf16": False}})
+    with pytest.raises(SystemExit, match="another precision"):
+        qm.run_matrix(args)

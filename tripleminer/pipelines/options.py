@@ -192,7 +192,7 @@ class MixOptions(PipelineOptions):
         g.add_argument("--max_positive_rank", type=int, default=None,
                        help="Positive denoising: write a row only when fewer than this many unjudged dense candidates of its query score above its "
                             "positive (a judged document the bi-encoder ranks far below unjudged ones is often an indirect or wrong label). Needs ann in "
-                            "the mix, whose retrieval depth bounds it; counted as rows_positive_below_max_positive_rank. Default: 50 with the pipeline's "
+                            "the mix; without --ann_depth, ann fetches at least twice this many candidates so the rank can pass it; counted as rows_positive_below_max_positive_rank. Default: 50 with the pipeline's "
                             "default mix (mine), off with your own --negatives; 0 turns it off.")
         g.add_argument("--no_backfill", action="store_true", default=False,
                        help="Keep rows short where the sources fall short of the mix (a rank window emptied by a query's many positives or by a "
@@ -252,7 +252,7 @@ class DenseOptions(PipelineOptions):
         g.add_argument("--ann_nprobe", type=int, default=16, help="IVF cells searched per query.")
         g.add_argument("--ann_ef_search", type=int, default=128, help="HNSW search breadth.")
         g.add_argument("--ann_depth", type=int, default=None,
-                       help="How many dense results to fetch per query (default: the end of the ann rank window, or 500).")
+                       help="How many dense results to fetch per query (default: the end of the ann rank window, or 500; at least twice --max_positive_rank when that is on).")
 
 
 class CrossEncoderOptions(PipelineOptions):

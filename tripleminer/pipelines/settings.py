@@ -119,7 +119,7 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
                         bm25_o.bm25_shards, bm25_o.bm25_depth),
         dense=DenseSearch(encoder, dense_o.embed_min_batch_size, dense_o.embed_max_batch_size,
                           AnnSettings(dense_o.ann_index, dense_o.ann_nprobe, dense_o.ann_ef_search) if dense else AnnSettings(),
-                          dense_o.ann_shards, dense_o.ann_depth),
+                          dense_o.ann_shards, dense_o.ann_depth or positive_rank_depth(mix, policy)),
         query_batch_size=bm25_o.query_batch_size,
     )
     denoise = None
@@ -141,6 +141,16 @@ def triples_settings(options: PipelineOptions, groups: Groups, origin: str, reso
         output=OutputSettings(out.output, out.overwrite, out.output_format, ntuple, out.num_shards, out.query_clusters),
         mix=mix, policy=policy, candidates=candidates, denoise=denoise, config=config, guard=guard,
     )
+
+
+def positive_rank_depth(mix: Sequence[SourceMix], policy: MixPolicy) -> Optional[int]:
+    """The ann depth --max_positive_rank needs when --ann_depth is not given: the positive's rank is
+    counted among the fetched candidates, so a window ending at or near it (`ann:5@10-50` with 50)
+    would never rank a positive past it and the filter would be silently off. Twice the limit leaves
+    room for the query's own judged documents among the top; a longer window keeps its own end."""
+    if policy.max_positive_rank is None:
+        return None
+    return max([m.rank_end or 500 for m in mix if m.source == "ann"] + [2 * policy.max_positive_rank])
 
 
 def validate_query_clusters(k: int, output_format: str) -> None:
