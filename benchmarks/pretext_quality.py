@@ -30,7 +30,6 @@ from typing import Dict, List, Tuple
 import train_quality
 from tripleminer.logs import setup_logging
 from tripleminer.pipelines import pretext
-from tripleminer.precision import cpu_native
 from tripleminer.trainer.evaluate import default_data_dir
 
 # Each generator alone: the row's label -> (generator, extra pretext options).
@@ -78,13 +77,8 @@ def mine_row(label: str, options: List[str], corpus: Path, args: argparse.Namesp
 
 
 # What makes two results the same cell: a rerun replaces a row only when all of these match.
+# eval_precision (train_quality's bf16 or fp32 encoding) moves nDCG@10 by about 0.002.
 RESULT_KEY = ("row", "train_args", "negatives", "seed", "epochs", "eval_precision")
-
-
-def eval_precision() -> str:
-    """How train_quality encodes for evaluation here (its --eval_precision auto): bf16 autocast on a CPU
-    with native bf16, else fp32. It moves nDCG@10 by about 0.002, so it is part of a result's key."""
-    return "bf16" if cpu_native("bf16") else "fp32"
 
 
 def merge_results(path: Path, table: List[Dict[str, object]]) -> List[Dict[str, object]]:
@@ -150,7 +144,7 @@ def main(argv: List[str] | None = None) -> int:
         table.append({"row": label, **by_label.get(label, {"rows": 0, "mine_s": 0.0}),
                       **{c: row[c] for c in train_quality.COLUMNS}, "train_s": round(row["seconds"], 1),
                       "train_args": args.train_args, "negatives": args.negatives, "seed": args.seed,
-                      "epochs": args.epochs, "eval_precision": eval_precision()})
+                      "epochs": args.epochs, "eval_precision": row["eval_precision"]})
     table = merge_results(Path(args.results), table)
     print_table(table)
     return 0

@@ -125,6 +125,8 @@ def main(argv: List[str] | None = None) -> int:
     columns = COLUMNS + tuple(f"{name} {c}" for name in extra for c in COLUMNS)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="train_quality-"))
 
+    precision = "bf16" if eval_bf16(args) else "fp32"
+
     def evaluate_all(model_dir: str) -> Dict[str, float]:
         scores = evaluate_dir(model_dir, split, args)
         for name, other in extra.items():
@@ -133,14 +135,15 @@ def main(argv: List[str] | None = None) -> int:
 
     rows = []
     if not args.no_zero_shot:
-        rows.append({"run": "zero-shot", **evaluate_all(resolve_model(args.model)), "seconds": 0.0})
+        rows.append({"run": "zero-shot", **evaluate_all(resolve_model(args.model)), "seconds": 0.0, "eval_precision": precision})
     for v, (label, variant_args) in enumerate(args.variants):
         for i, mix in enumerate(mixes):
             start = time.time()
             model_dir = train_mix(mix, work / f"variant{v}-mix{i}", args, variant_args)
             seconds = time.time() - start
             name = f"{label}: negatives {mix}" if label else f"negatives {mix}"
-            rows.append({"run": name, "train_args": variant_args, **evaluate_all(model_dir), "seconds": seconds})
+            rows.append({"run": name, "train_args": variant_args, **evaluate_all(model_dir), "seconds": seconds,
+                         "eval_precision": precision})
             print(f"{rows[-1]['run']}: nDCG@10 {rows[-1]['nDCG@10']:.4f} ({seconds:.0f} s training)", flush=True)
             if args.results:  # after every run, so a long table survives an interruption
                 Path(args.results).write_text(json.dumps(rows, indent=2) + "\n")

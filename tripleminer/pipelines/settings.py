@@ -20,7 +20,7 @@ from tripleminer.pipelines.options import (BM25Options, CorpusOptions, CrossEnco
                                            MixOptions, OutputOptions, recorded_options)
 from tripleminer.precision import resolve_precision
 from tripleminer.schemas.mix import SOURCES, SourceMix, offered_sources, parse_mix
-from tripleminer.transforms.candidates import BM25Search, CandidateSettings, DenseSearch
+from tripleminer.transforms.candidates import DEFAULT_ANN_DEPTH, BM25Search, CandidateSettings, DenseSearch
 from tripleminer.transforms.crossencoder import DenoiseSettings
 from tripleminer.transforms.leakage import LeakageSettings, resolve_eval
 from tripleminer.transforms.near_duplicates import NearDuplicateSettings
@@ -150,7 +150,7 @@ def positive_rank_depth(mix: Sequence[SourceMix], policy: MixPolicy) -> Optional
     room for the query's own judged documents among the top; a longer window keeps its own end."""
     if policy.max_positive_rank is None:
         return None
-    return max([m.rank_end or 500 for m in mix if m.source == "ann"] + [2 * policy.max_positive_rank])
+    return max([m.rank_end or DEFAULT_ANN_DEPTH for m in mix if m.source == "ann"] + [2 * policy.max_positive_rank])
 
 
 def validate_query_clusters(k: int, output_format: str) -> None:

@@ -22,6 +22,8 @@ from tripleminer.schemas.mix import SOURCES, SourceMix
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.embed import EmbedWithCache
 
+DEFAULT_ANN_DEPTH = 500  # ann results per query when neither --ann_depth nor a rank window bounds them
+
 
 @dataclass(frozen=True)
 class BM25Search:
@@ -41,7 +43,11 @@ class DenseSearch:
     max_batch_size: int = 512
     index: AnnSettings = field(default_factory=AnnSettings)
     shards: int = 1
-    depth: Optional[int] = None  # None: the end of the ann rank window, or 500
+    depth: Optional[int] = None  # None: the end of the ann rank window, or DEFAULT_ANN_DEPTH
+
+    def depth_for(self, m: SourceMix) -> int:
+        """How many results the ann search of mix entry `m` fetches per query."""
+        return self.depth or m.rank_end or DEFAULT_ANN_DEPTH
 
 
 @dataclass(frozen=True)

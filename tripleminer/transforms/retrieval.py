@@ -305,4 +305,4 @@ def ann_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
     s, dense_vectors = inputs.settings.dense, inputs.dense()
     shards = dense_vectors.docs | "BuildAnnShards" >> BuildAnnShards(s.index, s.shards, inputs.settings.work_dir, dense_vectors.key)
     batch = inputs.settings.query_batch_size
-    return dense_vectors.queries | "AnnNegatives" >> ShardedSearch("ann", shards, s.shards, s.depth or m.rank_end or 500, batch)
+    return dense_vectors.queries | "AnnNegatives" >> ShardedSearch("ann", shards, s.shards, s.depth_for(m), batch)
