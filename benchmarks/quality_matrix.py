@@ -12,8 +12,12 @@ so its training rows are capped (--cap_per_query, default 2 per query, and --cap
 in all; --capped_datasets names the datasets capped). The capped (query, positive) pairs are chosen by
 the cell's seed, every query's first pick before any query's second, so the cap covers as many queries as
 it can. Every miner sees ALL judged train pairs, so no judged positive, capped away or not, ever becomes a
-negative; the cap is applied afterwards to the mined rows (rows whose (query id, positive id) was chosen),
-and the in-batch and peer rows use the same chosen pairs.
+negative. The in-batch and peer rows train on the chosen pairs (the peer's mined rows whose (query id,
+positive id) was chosen). The tripleminer rows are capped by the miner itself: `--max_positives_per_query`
+picks among the positives its `--max_positive_rank` filter keeps (the same seeded pick, among fewer
+documents), and --cap_rows then caps them the same way; without the filter that is exactly the chosen
+pairs. So where the filter is on, tripleminer trains on other (and more) pairs than in-batch and the peer:
+that choice of labels is part of what is measured.
 
 Rows (--rows):
   zero-shot            all-MiniLM-L6-v2 as shipped, no training (one cell per dataset, whatever the seeds).
@@ -82,6 +86,7 @@ from tripleminer.encoders import default_model
 from tripleminer.logs import setup_logging
 from tripleminer.schemas.mix import parse_mix
 from tripleminer.schemas.outputs import NESTED_SCHEMA, flatten_row, passage_text
+from tripleminer.precision import cpu_native
 from tripleminer.seeding import stable_seed
 from tripleminer.transforms.sample import pick_positives
 from tripleminer.trainer.evaluate import Bf16Encoder, BeirSplit, default_data_dir, load_qrels, retrieve, score
@@ -114,7 +119,7 @@ Record = Dict[str, Any]
 
 def cpu_bf16() -> bool:
     """Whether this CPU runs bf16 matmuls natively (oneDNN), where bf16 autocast pays off."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cpu_native("bf16")
 
 
 def eval_bf16(args: argparse.Namespace) -> bool:
@@ -217,6 +222,17 @@ def write_rows(table: pa.Table, path: Path, seed: int) -> int:
     return len(table)
 
 
+def miner_picks(shards: Sequence[str], max_rows: Optional[int], seed: int) -> Set[Pair]:
+    """The (query id, positive id) of the miner's rows in nested shards, at most `max_rows` of them,
+    capped as `cap_pairs` caps (every query's first row before any query's second)."""
+    own: Dict[str, Dict[str, int]] = {}
+    for shard in shards:
+        table = pq.read_table(shard, columns=["query_id", "positive"])
+        for q, d in zip(table.column("query_id").to_pylist(), pc.struct_field(table.column("positive"), "doc_id").to_pylist()):
+            own.setdefault(q, {})[d] = 1
+    return cap_pairs(own, None, max_rows, seed)
+
+
 def select_rows(shards: Sequence[str], pairs: Set[Pair]) -> pa.Table:
     """The rows of nested shards whose (query id, positive id) is in `pairs`, read batch by batch."""
     keys = pa.array(sorted(f"{q}\t{d}" for q, d in pairs), type=pa.string())
@@ -282,15 +298,17 @@ def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path
 
 
 def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path, negatives: Optional[str],
-                     cap_per_query: int, mine_args: Sequence[str] = ()) -> Tuple[str, float, Dict[str, Any]]:
-    """`tripleminer mine` on every judged train pair (no query log), then the chosen pairs' rows.
+                     cap_per_query: int, cap_rows: int, mine_args: Sequence[str] = ()) -> Tuple[str, float, Dict[str, Any]]:
+    """`tripleminer mine` on every judged train pair (no query log), then the chosen pairs' rows; on a
+    capped dataset the miner picks each query's rows itself (`--max_positives_per_query`, among the
+    positives its `--max_positive_rank` keeps), capped to `cap_rows` as `cap_pairs` caps.
     negatives None: the pipeline's default mix, or that minus impression when the miner refuses it."""
     from tripleminer.pipelines import mine
 
     argv = ["--corpus", str(data.path / "corpus.jsonl"), "--queries", str(data.path / "queries.jsonl"),
             "--qrels", str(data.path / "qrels" / "train.tsv"), "--output", str(out.parent / "mined"),
             "--work_dir", str(cache), "--seed", str(seed), "--device", "cpu", "--overwrite", *mine_args]
-    if data.capped:  # mine only the per-query picks cap_pairs chose from (every positive still excluded)
+    if data.capped:  # the miner picks at most this many rows per query (every positive still excluded)
         argv += ["--max_positives_per_query", str(cap_per_query)]
     info: Dict[str, Any] = {}
     try:
@@ -304,12 +322,17 @@ def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cach
         info["fallback_from"] = mine.SPEC.defaults["negatives"]
         stats = mine.run(argv + ["--negatives", fallback])
     shards = sorted(str(p) for p in (out.parent / "mined").glob("triples-*.parquet"))
-    selected = select_rows(shards, pairs)
+    if data.capped:  # the miner's own per-query picks (after its positive filter), then the row cap
+        keep = miner_picks(shards, cap_rows, seed)
+        info.update(rows_outside_chosen_pairs=len(keep - pairs))
+    else:
+        keep = pairs
+    selected = select_rows(shards, keep)
     if selected.num_rows < len(pairs):  # a chosen pair the miner wrote no row for: say so, never silently
-        log.warning("%s: %d of the %d chosen pairs have no mined row", data.name, len(pairs) - selected.num_rows, len(pairs))
+        log.warning("%s: %d rows for %d chosen pairs", data.name, selected.num_rows, len(pairs))
     write_rows(selected, out, seed)
     info.update(rows_mined=stats["rows"], negatives_per_source=stats["negatives_per_source"],
-                chosen_pairs_without_row=len(pairs) - selected.num_rows)
+                chosen_pairs_without_row=len(pairs - keep))
     return stats["config"]["negatives"], stats["wall_time_s"], info
 
 
@@ -333,6 +356,7 @@ def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> 
     best = row == "tripleminer-best"
     negatives = args.best_mix if best else None
     asked = {"pairs": stable_seed(*sorted(f"{q}\t{d}" for q, d in pairs)), "negatives": negatives,
+             **({"rows": "the miner's own picks"} if data.capped and row.startswith("tripleminer") else {}),
              **({"mine_args": args.best_mine_args} if best and args.best_mine_args else {})}
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -347,7 +371,7 @@ def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> 
         mix, mine_s, info = mine_peer(data, pairs, path, seed, base / "peer_cache")
     else:
         mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives, args.cap_per_query,
-                                             shlex.split(args.best_mine_args) if best else ())
+                                             args.cap_rows, shlex.split(args.best_mine_args) if best else ())
     info["chosen_pairs"] = len(pairs)
     meta = {"asked": asked, "mix": mix, "rows": pq.ParquetFile(path).metadata.num_rows, "mine_s": round(mine_s, 2), "info": info}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

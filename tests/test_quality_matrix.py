@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -94,6 +96,18 @@ def test_cap_pairs_picks_what_the_miner_mines_under_max_positives_per_query():
     for q, docs in judged.items():
         mined = policy.row_positives(13, q, [{"doc_id": d} for d in docs])
         assert {(q, p["doc_id"]) for p in mined} == {pair for pair in pairs if pair[0] == q}
+
+
+def test_miner_picks_keep_the_miners_rows_capped_first_rows_first(tmp_path):
+    """The tripleminer rows of a capped dataset: the pairs the miner wrote, every query's first row
+    before any query's second, at most max_rows."""
+    rows = [qm.nested_row(f"q{i}", "query", f"d{i}-{j}", "passage", []) for i in range(5) for j in range(2)]
+    shard = tmp_path / "triples-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=qm.NESTED_SCHEMA), shard)
+    assert qm.miner_picks([str(shard)], None, 13) == {(r["query_id"], r["positive"]["doc_id"]) for r in rows}
+    picked = qm.miner_picks([str(shard)], 7, 13)
+    assert len(picked) == 7 and {q for q, _ in picked} == {f"q{i}" for i in range(5)}
+    assert picked == qm.miner_picks([str(shard)], 7, 13) and picked != qm.miner_picks([str(shard)], 7, 14)
 
 
 def test_cells_of_another_precision_are_refused(tmp_path, monkeypatch):

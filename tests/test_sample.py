@@ -178,6 +178,42 @@ def test_positive_rank_counts_unjudged_dense_candidates_above_the_positive():
     assert policy.positive_rank(pools, ["p1"], None) is None
 
 
+def test_max_positives_picks_among_positives_that_pass_max_positive_rank():
+    """Filter, then cap: a query with many judged documents spends its rows on the ones the
+    bi-encoder ranks high, and every positive is a row or counted once (weak or capped)."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that
+
+    from tests.beam_helpers import query_record, run
+    from tripleminer.transforms.sample import MixPolicy, SampleNegatives
+
+    # dense candidates a1..a20 score 0.80 down to 0.61; positives p0..p9 sit at ranks 1, 3, 5, ... 19 among them
+    pool = candidates("ann", [f"a{i}" for i in range(1, 21)], ranks=range(1, 21), scores=[0.8 - 0.01 * i for i in range(20)])
+    scores = {f"p{k}": 0.805 - 0.02 * k for k in range(10)}
+    ids = sorted(scores)
+    policy = MixPolicy(max_positives=2, max_positive_rank=6)
+    ranks = {d: policy.positive_rank({"ann": pool}, ids, s) for d, s in scores.items()}
+    assert [ranks[d] for d in ids] == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
+    confident = {"p0", "p1", "p2"}
+    for seed in range(10):  # whatever the seed, the two rows come from the three confident positives
+        picked = {p["doc_id"] for p in policy.row_positives(seed, "q", [{"doc_id": d} for d in ids], ranks)}
+        assert len(picked) == 2 and picked <= confident
+    assert [p["doc_id"] for p in MixPolicy(max_positive_rank=6).row_positives(1, "q", [{"doc_id": d} for d in ids], ranks)] == ["p0", "p1", "p2"]
+
+    def build(p):
+        records = p | "Records" >> beam.Create([query_record("q", ids)])
+        pools = p | "Pools" >> beam.Create([("q", pool)])
+        positive_scores = p | "Scores" >> beam.Create([("q", scores)])
+        rows = (records, pools) | SampleNegatives(13, [SourceMix("ann", 2, 1, 20, "top")], policy, positive_scores)
+        assert_that(rows | beam.Map(lambda r: r["positive"]["doc_id"]) | beam.combiners.ToList(),
+                    lambda got: (len(got[0]) == 2 and set(got[0]) <= confident) or pytest.fail(f"rows for {got}"))
+
+    counted = run(build)
+    assert counted["filter"]["rows_positive_below_max_positive_rank"] == 7
+    assert counted["rows"]["positives_over_max_positives_per_query"] == 1
+    assert counted["rows"]["rows"] == 2
+
+
 def test_min_click_confidence_drops_rows_of_weak_clicks_only():
     """A click-only positive below the threshold gets no row; judged, merged and confident click
     positives keep theirs, and the cap then chooses among the trusted ones."""

@@ -80,8 +80,9 @@ class LabelOptions(PipelineOptions):
         g.add_argument("--qrels_min_score", type=float, default=1.0,
                        help="A judged pair is a positive when its score is at least this.")
         g.add_argument("--max_positives_per_query", type=int, default=None,
-                       help="At most this many (query, positive) rows per query, a seeded choice among its positives (e.g. 2 for NFCorpus, ~43 judged "
-                            "documents a query); every positive still stays out of the query's negatives. Default: a row per positive.")
+                       help="At most this many (query, positive) rows per query, a seeded choice among its positives that pass "
+                            "--min_click_confidence and --max_positive_rank (e.g. 2 for NFCorpus, ~43 judged documents a query, most of them ranked "
+                            "far down by the bi-encoder); every positive still stays out of the query's negatives. Default: a row per positive.")
         fs = FailedSearchSettings()
         g.add_argument("--failed_search_window_s", type=float, default=fs.window_s,
                        help="failed_search: a search without a click, followed in its user session within this many seconds by a search with clicks, "

@@ -23,6 +23,13 @@ from tripleminer.schemas.outputs import passage_text
 from tripleminer.transforms.embed import EmbedWithCache
 
 DEFAULT_ANN_DEPTH = 500  # ann results per query when neither --ann_depth nor a rank window bounds them
+DEFAULT_BM25_DEPTH = 100  # likewise for bm25 and --bm25_depth
+
+
+def search_depth(depth: Optional[int], m: SourceMix, default: int) -> int:
+    """Results per query a ranked source fetches for mix entry `m`: the user's depth, else the end of
+    its rank window (nothing past it can be sampled), else the source's default."""
+    return depth or m.rank_end or default
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,11 @@ class BM25Search:
 
     index: BM25Settings = BM25Settings()
     shards: int = 1
-    depth: Optional[int] = None  # None: the end of the bm25 rank window, or 100
+    depth: Optional[int] = None  # None: the end of the bm25 rank window, or DEFAULT_BM25_DEPTH
+
+    def depth_for(self, m: SourceMix) -> int:
+        """How many results the bm25 search of mix entry `m` fetches per query."""
+        return search_depth(self.depth, m, DEFAULT_BM25_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class DenseSearch:
 
     def depth_for(self, m: SourceMix) -> int:
         """How many results the ann search of mix entry `m` fetches per query."""
-        return self.depth or m.rank_end or DEFAULT_ANN_DEPTH
+        return search_depth(self.depth, m, DEFAULT_ANN_DEPTH)
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,7 @@ def bm25_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:
     s = inputs.settings.bm25
     shards = inputs.docs | "BuildBM25Shards" >> BuildBM25Shards(s.index, s.shards, inputs.settings.work_dir)
     batch = inputs.settings.query_batch_size
-    return inputs.records | "BM25Negatives" >> BM25Negatives(shards, s.shards, s.depth or m.rank_end or 100, batch)
+    return inputs.records | "BM25Negatives" >> BM25Negatives(shards, s.shards, s.depth_for(m), batch)
 
 
 def ann_candidates(inputs: CandidateInputs, m: SourceMix) -> beam.PCollection:

@@ -30,8 +30,10 @@ class MixPolicy:
     max_score_ratio: NV-Retriever's TopK-PercPos: a candidate whose dense score exceeds this
         fraction of the positive's dense score is a likely false negative and is never used.
     min_margin: likewise for a dense score above the positive's minus this margin.
-    max_positives: at most this many rows per query (a seeded choice of its positives); the others
-        stay positives for exclusion, so a capped-away judged document never becomes a negative.
+    max_positives: at most this many rows per query (a seeded choice among its positives that pass
+        `min_click_confidence` and `max_positive_rank`, so the cap is spent on labels the bi-encoder
+        agrees with); the others stay positives for exclusion, so a capped-away judged document never
+        becomes a negative.
     max_positive_rank: a row is written only when fewer than this many of the query's dense
         candidates that are not its positives score above its positive: a judged document the
         bi-encoder ranks far below unjudged ones is often an indirect or wrong label (NFCorpus links
@@ -69,10 +71,18 @@ class MixPolicy:
             return True
         return (positive.get("confidence") or 0.0) >= self.min_click_confidence
 
-    def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """The positives that get a row: the trusted ones, all or a seeded choice of `max_positives`
-        in doc-id order."""
-        positives = [p for p in positives if self.trusted(p)]
+    def ranked_in(self, rank: Optional[int]) -> bool:
+        """False for a positive the dense model ranks below `max_positive_rank` (None: no rank, kept)."""
+        return self.max_positive_rank is None or rank is None or rank <= self.max_positive_rank
+
+    def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]],
+                      ranks: Optional[Dict[str, Optional[int]]] = None) -> List[Dict[str, Any]]:
+        """The positives that get a row: the trusted ones whose dense rank (`ranks`, by doc id) passes
+        `max_positive_rank`, then all or a seeded choice of `max_positives` of those, in doc-id order.
+        Filtering before the cap matters where queries have dozens of judged documents (NFCorpus):
+        capping first spends most picks on labels the filter then drops."""
+        ranks = ranks or {}
+        positives = [p for p in positives if self.trusted(p) and self.ranked_in(ranks.get(p["doc_id"]))]
         if self.max_positives is None or len(positives) <= self.max_positives:
             return list(positives)
         by_id = {p["doc_id"]: p for p in positives}
@@ -206,19 +216,18 @@ class _Sample(beam.DoFn):
         pools.update({c["source"]: c for c in record.get("candidates", [])})
         positive_scores = joined.get("positive_scores") or [{}]
         positives = [p["doc_id"] for p in record["positives"]]
-        row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"])
+        ranks = {d: self.policy.positive_rank(pools, positives, positive_scores[0].get(d)) for d in positives}
+        row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"], ranks)
         untrusted = sum(not self.policy.trusted(p) for p in record["positives"])
+        weak = sum(self.policy.trusted(p) and not self.policy.ranked_in(ranks[p["doc_id"]]) for p in record["positives"])
         self.weak_click.inc(untrusted)
-        self.capped.inc(len(record["positives"]) - untrusted - len(row_positives))
+        self.weak_positive.inc(weak)
+        self.capped.inc(len(record["positives"]) - untrusted - weak - len(row_positives))
         with timed("sample"):
             for pos in row_positives:
                 dense_score = positive_scores[0].get(pos["doc_id"])
                 if dense_score is not None:
                     pos = dict(pos, score=dense_score)
-                rank = self.policy.positive_rank(pools, positives, dense_score)
-                if self.policy.max_positive_rank is not None and rank is not None and rank > self.policy.max_positive_rank:
-                    self.weak_positive.inc()
-                    continue
                 rejected = self.policy.too_close(pools, dense_score)
                 self.too_close.inc(len(rejected))
                 negatives = sample_negatives(
