@@ -216,10 +216,11 @@ class _Sample(beam.DoFn):
         pools.update({c["source"]: c for c in record.get("candidates", [])})
         positive_scores = joined.get("positive_scores") or [{}]
         positives = [p["doc_id"] for p in record["positives"]]
-        ranks = {d: self.policy.positive_rank(pools, positives, positive_scores[0].get(d)) for d in positives}
+        ranks = ({d: self.policy.positive_rank(pools, positives, positive_scores[0].get(d)) for d in positives}
+                 if self.policy.max_positive_rank is not None else {})  # only the rank filter reads them
         row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"], ranks)
         untrusted = sum(not self.policy.trusted(p) for p in record["positives"])
-        weak = sum(self.policy.trusted(p) and not self.policy.ranked_in(ranks[p["doc_id"]]) for p in record["positives"])
+        weak = sum(self.policy.trusted(p) and not self.policy.ranked_in(ranks.get(p["doc_id"])) for p in record["positives"])
         self.weak_click.inc(untrusted)
         self.weak_positive.inc(weak)
         self.capped.inc(len(record["positives"]) - untrusted - weak - len(row_positives))
