@@ -94,7 +94,7 @@ def test_cap_pairs_picks_what_the_miner_mines_under_max_positives_per_query():
     pairs = qm.cap_pairs(judged, per_query=2, max_rows=None, seed=13)
     policy = MixPolicy(max_positives=2)
     for q, docs in judged.items():
-        mined = policy.row_positives(13, q, [{"doc_id": d} for d in docs])
+        mined = policy.row_positives(13, q, [{"doc_id": d} for d in docs]).rows
         assert {(q, p["doc_id"]) for p in mined} == {pair for pair in pairs if pair[0] == q}
 
 

@@ -128,10 +128,10 @@ def test_max_positives_caps_rows_per_query_but_every_positive_stays_excluded():
 
     positives = [{"doc_id": f"d{i}", "source": "qrel"} for i in (1, 3, 5, 7, 9)]
     policy = MixPolicy(max_positives=2)
-    chosen = [p["doc_id"] for p in policy.row_positives(13, "q", positives)]
-    assert len(chosen) == 2 and chosen == [p["doc_id"] for p in policy.row_positives(13, "q", list(reversed(positives)))]
-    assert {tuple(p["doc_id"] for p in policy.row_positives(s, "q", positives)) for s in range(20)} != {tuple(chosen)}  # the seed decides
-    assert MixPolicy().row_positives(13, "q", positives) == positives
+    chosen = [p["doc_id"] for p in policy.row_positives(13, "q", positives).rows]
+    assert len(chosen) == 2 and chosen == [p["doc_id"] for p in policy.row_positives(13, "q", list(reversed(positives))).rows]
+    assert {tuple(p["doc_id"] for p in policy.row_positives(s, "q", positives).rows) for s in range(20)} != {tuple(chosen)}  # the seed decides
+    assert MixPolicy().row_positives(13, "q", positives).rows == positives
 
     def check(rows):
         assert sorted(r["positive"]["doc_id"] for r in rows) == sorted(chosen)
@@ -196,9 +196,9 @@ def test_max_positives_picks_among_positives_that_pass_max_positive_rank():
     assert [ranks[d] for d in ids] == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19]
     confident = {"p0", "p1", "p2"}
     for seed in range(10):  # whatever the seed, the two rows come from the three confident positives
-        picked = {p["doc_id"] for p in policy.row_positives(seed, "q", [{"doc_id": d} for d in ids], ranks)}
+        picked = {p["doc_id"] for p in policy.row_positives(seed, "q", [{"doc_id": d} for d in ids], ranks).rows}
         assert len(picked) == 2 and picked <= confident
-    assert [p["doc_id"] for p in MixPolicy(max_positive_rank=6).row_positives(1, "q", [{"doc_id": d} for d in ids], ranks)] == ["p0", "p1", "p2"]
+    assert [p["doc_id"] for p in MixPolicy(max_positive_rank=6).row_positives(1, "q", [{"doc_id": d} for d in ids], ranks).rows] == ["p0", "p1", "p2"]
 
     def build(p):
         records = p | "Records" >> beam.Create([query_record("q", ids)])
@@ -227,7 +227,8 @@ def test_min_click_confidence_drops_rows_of_weak_clicks_only():
     other = positive("f", "failed_search", confidence=0.1)  # not a click: the rule leaves it
     found = [weak, sure, judged, merged, other]
     policy = MixPolicy(min_click_confidence=0.5)
-    assert [p["doc_id"] for p in policy.row_positives(1, "q", found)] == ["s", "j", "m", "f"]
-    assert [p["doc_id"] for p in MixPolicy().row_positives(1, "q", found)] == ["w", "s", "j", "m", "f"]
+    assert [p["doc_id"] for p in policy.row_positives(1, "q", found).rows] == ["s", "j", "m", "f"]
+    assert [p["doc_id"] for p in MixPolicy().row_positives(1, "q", found).rows] == ["w", "s", "j", "m", "f"]
     capped = MixPolicy(min_click_confidence=0.5, max_positives=2).row_positives(1, "q", found)
-    assert len(capped) == 2 and "w" not in {p["doc_id"] for p in capped}
+    assert len(capped.rows) == 2 and "w" not in {p["doc_id"] for p in capped.rows}
+    assert (capped.untrusted, capped.weak, capped.capped) == (1, 0, 2)  # every positive counted once

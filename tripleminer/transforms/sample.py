@@ -21,6 +21,16 @@ from tripleminer.transforms.common import Progress, timed
 
 
 @dataclass(frozen=True)
+class RowPick:
+    """A query's positives that get a row, and how many others got none for each reason."""
+
+    rows: List[Dict[str, Any]]
+    untrusted: int  # click-only, below min_click_confidence
+    weak: int  # trusted, but ranked below max_positive_rank
+    capped: int  # passed both, over max_positives
+
+
+@dataclass(frozen=True)
 class MixPolicy:
     """Caps and filters across sources (all optional).
 
@@ -76,17 +86,21 @@ class MixPolicy:
         return self.max_positive_rank is None or rank is None or rank <= self.max_positive_rank
 
     def row_positives(self, seed: int, query_id: str, positives: Sequence[Dict[str, Any]],
-                      ranks: Optional[Dict[str, Optional[int]]] = None) -> List[Dict[str, Any]]:
+                      ranks: Optional[Dict[str, Optional[int]]] = None) -> "RowPick":
         """The positives that get a row: the trusted ones whose dense rank (`ranks`, by doc id) passes
-        `max_positive_rank`, then all or a seeded choice of `max_positives` of those, in doc-id order.
+        `max_positive_rank`, then all or a seeded choice of `max_positives` of those, in doc-id order;
+        with why each other positive got none, so every positive is counted once.
         Filtering before the cap matters where queries have dozens of judged documents (NFCorpus):
         capping first spends most picks on labels the filter then drops."""
         ranks = ranks or {}
-        positives = [p for p in positives if self.trusted(p) and self.ranked_in(ranks.get(p["doc_id"]))]
-        if self.max_positives is None or len(positives) <= self.max_positives:
-            return list(positives)
-        by_id = {p["doc_id"]: p for p in positives}
-        return [by_id[d] for d in pick_positives(seed, query_id, list(by_id), self.max_positives)]
+        trusted = [p for p in positives if self.trusted(p)]
+        eligible = [p for p in trusted if self.ranked_in(ranks.get(p["doc_id"]))]
+        rows = list(eligible)
+        if self.max_positives is not None and len(eligible) > self.max_positives:
+            by_id = {p["doc_id"]: p for p in eligible}
+            rows = [by_id[d] for d in pick_positives(seed, query_id, list(by_id), self.max_positives)]
+        return RowPick(rows, untrusted=len(positives) - len(trusted), weak=len(trusted) - len(eligible),
+                       capped=len(eligible) - len(rows))
 
     def positive_rank(self, pools: Dict[str, Dict[str, Any]], positives: Sequence[str], positive_score: Optional[float]) -> Optional[int]:
         """1 + the dense candidates, other than the query's positives, scoring above this positive
@@ -218,14 +232,12 @@ class _Sample(beam.DoFn):
         positives = [p["doc_id"] for p in record["positives"]]
         ranks = ({d: self.policy.positive_rank(pools, positives, positive_scores[0].get(d)) for d in positives}
                  if self.policy.max_positive_rank is not None else {})  # only the rank filter reads them
-        row_positives = self.policy.row_positives(self.seed, record["query_id"], record["positives"], ranks)
-        untrusted = sum(not self.policy.trusted(p) for p in record["positives"])
-        weak = sum(self.policy.trusted(p) and not self.policy.ranked_in(ranks.get(p["doc_id"])) for p in record["positives"])
-        self.weak_click.inc(untrusted)
-        self.weak_positive.inc(weak)
-        self.capped.inc(len(record["positives"]) - untrusted - weak - len(row_positives))
+        picked = self.policy.row_positives(self.seed, record["query_id"], record["positives"], ranks)
+        self.weak_click.inc(picked.untrusted)
+        self.weak_positive.inc(picked.weak)
+        self.capped.inc(picked.capped)
         with timed("sample"):
-            for pos in row_positives:
+            for pos in picked.rows:
                 dense_score = positive_scores[0].get(pos["doc_id"])
                 if dense_score is not None:
                     pos = dict(pos, score=dense_score)
