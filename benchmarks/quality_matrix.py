@@ -328,8 +328,9 @@ def mine_tripleminer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cach
     else:
         keep = pairs
     selected = select_rows(shards, keep)
-    if selected.num_rows < len(pairs):  # a chosen pair the miner wrote no row for: say so, never silently
-        log.warning("%s: %d rows for %d chosen pairs", data.name, selected.num_rows, len(pairs))
+    if selected.num_rows < len(pairs):  # fewer rows than the other rows train on: say so, never silently
+        log.warning("%s: %d rows where the other rows train on %d chosen pairs (%s)", data.name, selected.num_rows,
+                    len(pairs), "the miner's picks fell short of the cap" if data.capped else "pairs the miner wrote no row for")
     write_rows(selected, out, seed)
     info.update(rows_mined=stats["rows"], negatives_per_source=stats["negatives_per_source"],
                 chosen_pairs_without_row=len(pairs - keep))
