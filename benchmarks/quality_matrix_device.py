@@ -135,14 +135,14 @@ def pack(args: argparse.Namespace) -> None:
     if not cells:
         raise SystemExit(f"no mined cells under {args.work_dir} for {args.datasets} {args.rows} seeds {args.seeds}: "
                          "run quality_matrix.py --mine_only first")
-    if args.zero_shot:
+    if not args.no_zero_shot:
         cells += [{"dataset": name, "row": "zero-shot", "recipe": qm.NO_RECIPE, "seed": None, "best_spec": None,
                    "data": info, "settings": settings} for name, info in data_info.items()]
     (stage / CELLS).write_text(json.dumps(cells, indent=1) + "\n")
     with tarfile.open(bundle / BUNDLE_TAR, "w:xz") as tar:
         tar.add(stage, arcname=".")
     shutil.rmtree(stage)
-    if args.model_fp16:
+    if not args.no_model:
         save_fp16(args.model or default_model(), bundle / "model")
     size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
     log.info("packed %d cells (%d datasets) into %s: %.1f MB with the model", len(cells), len(data_info), bundle, size / 2**20)
@@ -303,19 +303,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bundle", default=".devbundle", help="folder the bundle is written to (bundle.tar.xz, model/)")
     p.add_argument("--work_dir", default="work/quality_matrix", help="quality_matrix.py's --work_dir holding the mined cells")
-    p.add_argument("--datasets", nargs="+", choices=qm.DATASETS, default=list(qm.DATASETS))
+    p.add_argument("--datasets", nargs="+", choices=qm.DATASETS, default=list(qm.DATASETS), help="datasets whose mined cells are packed")
     p.add_argument("--rows", nargs="+", choices=[r for r in qm.ROWS if r != "zero-shot"], default=[r for r in qm.ROWS if r != "zero-shot"],
                    help="rows whose mined cells are packed (every tripleminer-best spec mined is packed)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[13, 14, 15])
+    p.add_argument("--seeds", nargs="+", type=int, default=[13, 14, 15], help="seeds whose mined cells are packed")
     p.add_argument("--recipes", nargs="+", choices=qm.RECIPES, default=list(qm.RECIPES), help="recipes each mined cell trains with")
-    p.add_argument("--no_zero_shot", dest="zero_shot", action="store_false", help="leave out the zero-shot cell of each dataset")
-    p.add_argument("--ours_epochs", type=int, default=3)
-    p.add_argument("--ours_lr", type=float, default=5e-5)
+    p.add_argument("--no_zero_shot", action="store_true", help="leave out the zero-shot cell of each dataset")
+    p.add_argument("--ours_epochs", type=int, default=3, help="ours: --num_epochs (quality_matrix.py's --ours_epochs)")
+    p.add_argument("--ours_lr", type=float, default=5e-5, help="ours: --learning_rate (quality_matrix.py's --ours_lr)")
     p.add_argument("--ours_mixed_precision", choices=("no", "bf16"), default="bf16", help="ours: autocast on the GPU")
-    p.add_argument("--eval_max_seq_length", type=int, default=256)
+    p.add_argument("--eval_max_seq_length", type=int, default=256, help="evaluation truncation (MiniLM's own)")
     p.add_argument("--quick", action="store_true", help="pack quality_matrix.py --quick cells (a plumbing check)")
     p.add_argument("--model", default=None, help="model to pack (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--no_model", dest="model_fp16", action="store_false", help="pack no model (the device has one)")
+    p.add_argument("--no_model", action="store_true", help="pack no model (the device has one)")
     r = sub.add_parser("run", help="on the GPU machine: train and retrieve every packed cell",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--bundle", required=True, help="the unpacked bundle.tar.xz")
@@ -323,7 +323,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     r.add_argument("--out", required=True, help="where runs-<worker>.jsonl.xz go")
     r.add_argument("--work_dir", default="/tmp/qm_work", help="scratch: filled rows and models, deleted per cell")
     r.add_argument("--workers", type=int, default=4, help="processes sharing the GPU, each taking every Nth cell")
-    r.add_argument("--eval_batch_size", type=int, default=256)
+    r.add_argument("--eval_batch_size", type=int, default=256, help="texts per encoding batch of the evaluation")
     r.add_argument("--device", default="cuda", help="cuda; cpu runs the same steps here (a plumbing check of a --quick bundle)")
     r.add_argument("--only", nargs="+", default=None, help="run only cells whose id contains one of these")
     s = sub.add_parser("score", help="here: ranx metrics of the returned runs, appended to a results file",
