@@ -355,10 +355,15 @@ def best_spec(args: argparse.Namespace) -> str:
     return " ".join([args.best_mix, *shlex.split(args.best_mine_args)])
 
 
+def spec_tag(spec: str) -> int:
+    """A short stable number for a tripleminer-best spec: its cell folder's and device cell id's suffix."""
+    return stable_seed(spec) % 10**8
+
+
 def cell_dir(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> Path:
     """A cell's folder of mined rows and models; each tripleminer-best spec has its own."""
     folder = root(args) / data.name / f"seed{seed}" / row
-    return folder / f"spec{stable_seed(best_spec(args)) % 10**8}" if row == "tripleminer-best" else folder
+    return folder / f"spec{spec_tag(best_spec(args))}" if row == "tripleminer-best" else folder
 
 
 def mined_rows(data: DataSet, row: str, seed: int, args: argparse.Namespace) -> Mined:
@@ -541,8 +546,8 @@ def run_matrix(args: argparse.Namespace) -> None:
     done = {cell_key(r) for r in records}
     cells = planned_cells(args)
     todo = [c for c in cells if (*c, args.quick, best_spec(args) if c[1] == "tripleminer-best" else None) not in done]
-    if args.mine_only:  # every cell's rows, trained or not (a device run takes them from here)
-        todo = [c for c in cells if c[1] != "zero-shot"]
+    if args.mine_only:  # every cell's rows, trained or not (a device run takes them from here); the recipes share them
+        todo = [c for c in cells if c[1] != "zero-shot" and c[2] == args.recipes[0]]
     mismatch = precision_mismatch(records, args) if todo and not args.quick and not args.mine_only else []
     if mismatch:
         raise SystemExit(f"{results} holds {len(mismatch)} cells measured under another precision or device than this "

@@ -28,7 +28,6 @@ import logging
 import lzma
 import multiprocessing as mp
 import os
-import shlex
 import shutil
 import sys
 import tarfile
@@ -43,7 +42,6 @@ import quality_matrix as qm
 from tripleminer.logs import setup_logging
 from tripleminer.schemas.outputs import passage_text
 from tripleminer.encoders import default_model
-from tripleminer.seeding import stable_seed
 from tripleminer.trainer.evaluate import followed, load_qrels, read_corpus, read_queries, retrieve
 from tripleminer.trainer.model import set_max_seq_length
 
@@ -99,7 +97,8 @@ def mined_cells(root: Path, datasets: Sequence[str], rows: Sequence[str], seeds:
             continue
         meta = json.loads(meta_path.read_text())
         asked = meta.get("asked", {})
-        spec = " ".join([asked["negatives"], *shlex.split(asked.get("mine_args", ""))]) if row == "tripleminer-best" else None
+        spec = (qm.best_spec(argparse.Namespace(best_mix=asked["negatives"], best_mine_args=asked.get("mine_args", "")))
+                if row == "tripleminer-best" else None)
         yield {"dataset": dataset, "row": row, "seed": seed, "best_spec": spec, "meta": meta, "path": meta_path.parent / "train.parquet"}
 
 
@@ -161,7 +160,7 @@ def save_fp16(model: str, out: Path) -> None:
 
 
 def cell_id(cell: Record) -> str:
-    spec = f"-{stable_seed(cell['best_spec']) % 10**8}" if cell.get("best_spec") else ""
+    spec = f"-{qm.spec_tag(cell['best_spec'])}" if cell.get("best_spec") else ""
     return f"{cell['dataset']}-{cell['row']}{spec}-{cell['recipe']}-seed{cell['seed']}"
 
 
@@ -260,6 +259,7 @@ def score(args: argparse.Namespace) -> None:
     results = Path(args.results)
     records = qm.load_results(results)
     done = {qm.cell_key(r) for r in records}
+    devices = {r["settings"].get("device", "cpu") for r in records}
     qrels: Dict[Tuple[str, bool], Dict[str, Dict[str, int]]] = {}
     added = failed = 0
     for path in sorted(Path(args.runs).glob("runs-*.jsonl.xz")):
@@ -270,16 +270,15 @@ def score(args: argparse.Namespace) -> None:
                     failed += 1
                     log.warning("%s failed on the device: %s", cell_id(cell), cell["error"])
                     continue
-                wrong = [r for r in records if r["settings"].get("device", "cpu") != cell["device"]]
-                if wrong:
-                    raise SystemExit(f"{results} holds cells of another device than {cell['device']} (e.g. {wrong[0]['dataset']} "
-                                     f"{wrong[0]['row']}): give a results file of this device's cells")
+                if devices - {cell["device"]}:
+                    raise SystemExit(f"{results} holds cells of another device ({', '.join(sorted(devices))}) than "
+                                     f"{cell['device']}: give a results file of this device's cells")
                 name, quick = cell["dataset"], cell["settings"]["quick"]
                 if (name, quick) not in qrels:  # the test split pack read: the --quick slice or the whole dataset
                     qm_args = qm.parse_args(["--work_dir", args.work_dir] + (["--quick"] if quick else []))
                     qrels[name, quick] = qm.load_dataset(name, qm_args).test.qrels
                 record = {k: v for k, v in cell.items() if k not in ("run", "rows_file", "rows", "best_spec", "device")}
-                record.update(quick=cell["settings"]["quick"], **({"best_spec": cell["best_spec"]} if cell["best_spec"] else {}))
+                record.update(quick=quick, **({"best_spec": cell["best_spec"]} if cell["best_spec"] else {}))
                 record.setdefault("mine_s", 0.0)
                 record.update(ranx_score(qrels[name, quick], cell["run"]))
                 record["settings"] = {**cell["settings"], "eval_bf16": False, "device": cell["device"]}
@@ -287,6 +286,7 @@ def score(args: argparse.Namespace) -> None:
                     continue
                 records.append(record)
                 done.add(qm.cell_key(record))
+                devices.add(cell["device"])
                 added += 1
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(records, indent=2) + "\n")
